@@ -1,0 +1,3 @@
+"""prnad: industrial anomaly detection and localisation with Prototypical Residual Networks (CVPR 2023)."""
+
+__version__ = "0.1.0"

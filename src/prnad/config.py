@@ -1,0 +1,265 @@
+"""Typed configuration: one frozen dataclass per concern, filled from YAML and the CLI.
+
+Every choice the paper leaves open ([C] in PRN_SPEC.md) is a field here, with its default and the reason
+beside it, so that it can be measured and changed. Unknown keys and out-of-range values raise
+:class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from prnad.errors import ConfigError
+
+BACKBONES = ("resnet18", "wide_resnet50_2", "mobilenet_v2")
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_unit_range(pair: tuple[float, float], key: str, low: float = 0.0, high: float = 1.0) -> None:
+    _check(len(pair) == 2 and low <= pair[0] <= pair[1] <= high, key, f"expected [a, b] with {low} <= a <= b <= {high}, got {list(pair)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the category lives and how it is split."""
+
+    root: str = ""  # category folder in the MVTec AD layout
+    image_size: int = 256  # the paper's resolution; tests use 64 (must be a multiple of 64 for the 4x4 MSA grid)
+    seen_anomalies: int = 10  # "general supervised setting": 10 defect images move from test to train
+    category_type: Literal["auto", "object", "texture"] = "auto"  # where target areas may lie
+    textures: str | None = None  # folder of texture images for HEA; None: procedural textures
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 64 and self.image_size % 64 == 0, "data.image_size", f"must be a positive multiple of 64, got {self.image_size}")
+        _check(self.seen_anomalies >= 0, "data.seen_anomalies", f"must be >= 0, got {self.seen_anomalies}")
+        _check(self.category_type in ("auto", "object", "texture"), "data.category_type", f"must be auto, object or texture, got {self.category_type!r}")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The frozen, pretrained feature extractor. The input normalisation belongs to the weights."""
+
+    backbone: str = "resnet18"
+    weights: str = "imagenet"  # "imagenet" (torchvision's, downloaded when online), "random", or a file path
+    input_norm: Literal["imagenet", "tf"] = "imagenet"  # tf: [-1, 1] input, as TensorFlow-trained weights expect
+    tf_same_padding: bool = False  # TensorFlow "SAME" padding for stride-2 convs (TF-converted weights)
+
+    def __post_init__(self) -> None:
+        _check(self.backbone in BACKBONES, "model.encoder.backbone", f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        _check(self.input_norm in ("imagenet", "tf"), "model.encoder.input_norm", f"must be imagenet or tf, got {self.input_norm!r}")
+        _check(bool(self.weights), "model.encoder.weights", "must be imagenet, random or a file path")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """PRN's trainable parts. See PRN_SPEC.md for which numbers the paper fixes."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    prototype_ratio: float = 0.1  # [P] Table 6: 10% of the normal images become prototypes
+    kmeans_restarts: int = 4  # k-means++ restarts; the lowest inertia wins
+    kmeans_iterations: int = 50  # Lloyd steps per restart (converges well before on 200-400 maps)
+    residual: Literal["squared", "absolute", "signed"] = "squared"  # [C] from the figure's residual map
+    msa_blocks: int = 2  # [C] stacked MSA blocks per scale
+    msa_grids: tuple[int, ...] = (1, 2, 4)  # [P figure] whole map, 2x2 and 4x4 windows
+    msa_max_kv: int = 8  # keys/values of a window are average-pooled to at most this many per side (CPU cost)
+    msa_head_dim: int = 64  # heads = max(1, channels // head_dim)
+    decoder_channels: tuple[int, int, int] = (128, 64, 32)  # at strides 16, 8, 4
+    topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.prototype_ratio <= 1.0, "model.prototype_ratio", f"must be in (0, 1], got {self.prototype_ratio}")
+        _check(self.kmeans_restarts >= 1, "model.kmeans_restarts", "must be >= 1")
+        _check(self.kmeans_iterations >= 1, "model.kmeans_iterations", "must be >= 1")
+        _check(self.residual in ("squared", "absolute", "signed"), "model.residual", f"must be squared, absolute or signed, got {self.residual!r}")
+        _check(self.msa_blocks >= 0, "model.msa_blocks", "must be >= 0")
+        _check(len(self.msa_grids) >= 1 and all(g in (1, 2, 4) for g in self.msa_grids), "model.msa_grids", f"must be a non-empty list of 1, 2, 4; got {list(self.msa_grids)}")
+        _check(self.msa_max_kv >= 1, "model.msa_max_kv", "must be >= 1")
+        _check(self.msa_head_dim >= 1, "model.msa_head_dim", "must be >= 1")
+        _check(len(self.decoder_channels) == 3 and min(self.decoder_channels) >= 1, "model.decoder_channels", "must be three positive integers")
+        _check(self.topk >= 1, "model.topk", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Anomaly generation (PRN section 3.4). A weight of 0 switches a kind off (Table 5 ablations)."""
+
+    normal_fraction: float = 0.5  # [C] half of every batch is normal images
+    seen_weight: float = 1.0  # raw seen anomalies; with ea_weight: 1/4 of the batch
+    ea_weight: float = 1.0  # extended anomalies
+    hea_weight: float = 1.0  # heterologous: Perlin x texture; with hoa_weight: 1/4 of the batch
+    hoa_weight: float = 1.0  # homologous: Perlin x augmented normal image
+    ea_opacity: tuple[float, float] = (0.0, 0.5)  # beta of eq. 4
+    sa_opacity: tuple[float, float] = (0.2, 0.8)  # beta of the HEA/HOA blend
+    perlin_threshold: float = 0.5
+    perlin_max_exponent: int = 6  # Perlin scales 2^0 .. 2^(max-1)
+    target_area_size: tuple[float, float] = (0.15, 0.6)  # target-area extent as a fraction of the image side
+    hoa_grid: int = 8  # HOA shuffles an 8x8 grid of patches of the normal image
+    max_tries: int = 20  # resampling budget when a mask comes out empty
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.normal_fraction < 1.0, "synth.normal_fraction", f"must be in [0, 1), got {self.normal_fraction}")
+        weights = (self.seen_weight, self.ea_weight, self.hea_weight, self.hoa_weight)
+        _check(min(weights) >= 0.0, "synth", "anomaly weights must be >= 0")
+        _check(sum(weights) > 0.0, "synth", "at least one anomaly kind needs a positive weight")
+        _check_unit_range(self.ea_opacity, "synth.ea_opacity")
+        _check_unit_range(self.sa_opacity, "synth.sa_opacity")
+        _check_unit_range(self.target_area_size, "synth.target_area_size")
+        _check(0.0 < self.perlin_threshold < 1.0, "synth.perlin_threshold", "must be in (0, 1)")
+        _check(1 <= self.perlin_max_exponent <= 8, "synth.perlin_max_exponent", "must be in [1, 8]")
+        _check(self.hoa_grid >= 1, "synth.hoa_grid", "must be >= 1")
+        _check(self.max_tries >= 1, "synth.max_tries", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = SmoothL1(Mo, M) + focal_weight * Focal(Mo, M) [P eq. 5]; constants [C] from the author's later code."""
+
+    focal_weight: float = 5.0
+    focal_gamma: float = 4.0
+    focal_alpha: float = 0.5
+    smooth_l1_beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.focal_weight >= 0.0, "loss.focal_weight", "must be >= 0")
+        _check(self.focal_gamma >= 0.0, "loss.focal_gamma", "must be >= 0")
+        _check(0.0 <= self.focal_alpha <= 1.0, "loss.focal_alpha", "must be in [0, 1]")
+        _check(self.smooth_l1_beta > 0.0, "loss.smooth_l1_beta", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fixed budget, Adam; no model selection on the test set."""
+
+    seed: int = 0
+    iterations: int = 1500
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: int = 50  # linear warm-up steps, then cosine decay to 0 over the budget
+    num_workers: int = 1  # DataLoader workers that synthesise anomalies
+    checkpoint_every: int = 250
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1, "train.iterations", f"must be >= 1, got {self.iterations}")
+        _check(self.batch_size >= 2, "train.batch_size", f"must be >= 2 (BatchNorm), got {self.batch_size}")
+        _check(self.lr > 0.0, "train.lr", "must be > 0")
+        _check(self.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")
+        _check(self.warmup >= 0, "train.warmup", "must be >= 0")
+        _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; stored inside every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML value to the field's annotated type, or raise naming the key."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, prefix=key)
+    if origin is tuple:
+        _check(isinstance(value, list | tuple), key, f"expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item_type = args[0]
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is Literal:
+        _check(value in typing.get_args(annotation), key, f"must be one of {typing.get_args(annotation)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            _check(type(None) in typing.get_args(annotation), key, "may not be null")
+            return None
+        return _coerce(value, next(a for a in typing.get_args(annotation) if a is not type(None)), key)
+    if annotation is float:
+        _check(isinstance(value, int | float) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {annotation!r}")  # pragma: no cover
+
+
+def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys raise :class:`ConfigError`."""
+    where = prefix or "top level"
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key '{where}': expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        full = [f"{prefix}.{k}" if prefix else str(k) for k in unknown]
+        raise ConfigError(f"unknown config key(s): {', '.join(full)} (known at {where}: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The nested plain-dict form of a config (lists for tuples), as written to YAML and checkpoints."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(dataclasses.asdict(config))
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file as a nested dict; errors name the file."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
+    return values
+
+
+def build_config(*layers: dict[str, Any]) -> RunConfig:
+    """Defaults, then each layer (YAML file, then CLI flags) deep-merged in order."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values = merge(values, layer)
+    return from_dict(RunConfig, values)
