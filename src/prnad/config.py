@@ -27,7 +27,11 @@ def _check(condition: bool, key: str, message: str) -> None:
 
 
 def _check_unit_range(pair: tuple[float, float], key: str, low: float = 0.0, high: float = 1.0) -> None:
-    _check(len(pair) == 2 and low <= pair[0] <= pair[1] <= high, key, f"expected [a, b] with {low} <= a <= b <= {high}, got {list(pair)}")
+    _check(
+        len(pair) == 2 and low <= pair[0] <= pair[1] <= high,
+        key,
+        f"expected [a, b] with {low} <= a <= b <= {high}, got {list(pair)}",
+    )
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,17 @@ class DataConfig:
     textures: str | None = None  # folder of texture images for HEA; None: procedural textures
 
     def __post_init__(self) -> None:
-        _check(self.image_size >= 64 and self.image_size % 64 == 0, "data.image_size", f"must be a positive multiple of 64, got {self.image_size}")
+        _check(
+            self.image_size >= 64 and self.image_size % 64 == 0,
+            "data.image_size",
+            f"must be a positive multiple of 64, got {self.image_size}",
+        )
         _check(self.seen_anomalies >= 0, "data.seen_anomalies", f"must be >= 0, got {self.seen_anomalies}")
-        _check(self.category_type in ("auto", "object", "texture"), "data.category_type", f"must be auto, object or texture, got {self.category_type!r}")
+        _check(
+            self.category_type in ("auto", "object", "texture"),
+            "data.category_type",
+            f"must be auto, object or texture, got {self.category_type!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -56,8 +68,16 @@ class EncoderConfig:
     tf_same_padding: bool = False  # TensorFlow "SAME" padding for stride-2 convs (TF-converted weights)
 
     def __post_init__(self) -> None:
-        _check(self.backbone in BACKBONES, "model.encoder.backbone", f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
-        _check(self.input_norm in ("imagenet", "tf"), "model.encoder.input_norm", f"must be imagenet or tf, got {self.input_norm!r}")
+        _check(
+            self.backbone in BACKBONES,
+            "model.encoder.backbone",
+            f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}",
+        )
+        _check(
+            self.input_norm in ("imagenet", "tf"),
+            "model.encoder.input_norm",
+            f"must be imagenet or tf, got {self.input_norm!r}",
+        )
         _check(bool(self.weights), "model.encoder.weights", "must be imagenet, random or a file path")
 
 
@@ -78,15 +98,29 @@ class ModelConfig:
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.prototype_ratio <= 1.0, "model.prototype_ratio", f"must be in (0, 1], got {self.prototype_ratio}")
+        _check(
+            0.0 < self.prototype_ratio <= 1.0, "model.prototype_ratio", f"must be in (0, 1], got {self.prototype_ratio}"
+        )
         _check(self.kmeans_restarts >= 1, "model.kmeans_restarts", "must be >= 1")
         _check(self.kmeans_iterations >= 1, "model.kmeans_iterations", "must be >= 1")
-        _check(self.residual in ("squared", "absolute", "signed"), "model.residual", f"must be squared, absolute or signed, got {self.residual!r}")
+        _check(
+            self.residual in ("squared", "absolute", "signed"),
+            "model.residual",
+            f"must be squared, absolute or signed, got {self.residual!r}",
+        )
         _check(self.msa_blocks >= 0, "model.msa_blocks", "must be >= 0")
-        _check(len(self.msa_grids) >= 1 and all(g in (1, 2, 4) for g in self.msa_grids), "model.msa_grids", f"must be a non-empty list of 1, 2, 4; got {list(self.msa_grids)}")
+        _check(
+            len(self.msa_grids) >= 1 and all(g in (1, 2, 4) for g in self.msa_grids),
+            "model.msa_grids",
+            f"must be a non-empty list of 1, 2, 4; got {list(self.msa_grids)}",
+        )
         _check(self.msa_max_kv >= 1, "model.msa_max_kv", "must be >= 1")
         _check(self.msa_head_dim >= 1, "model.msa_head_dim", "must be >= 1")
-        _check(len(self.decoder_channels) == 3 and min(self.decoder_channels) >= 1, "model.decoder_channels", "must be three positive integers")
+        _check(
+            len(self.decoder_channels) == 3 and min(self.decoder_channels) >= 1,
+            "model.decoder_channels",
+            "must be three positive integers",
+        )
         _check(self.topk >= 1, "model.topk", "must be >= 1")
 
 
@@ -108,7 +142,9 @@ class SynthConfig:
     max_tries: int = 20  # resampling budget when a mask comes out empty
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.normal_fraction < 1.0, "synth.normal_fraction", f"must be in [0, 1), got {self.normal_fraction}")
+        _check(
+            0.0 <= self.normal_fraction < 1.0, "synth.normal_fraction", f"must be in [0, 1), got {self.normal_fraction}"
+        )
         weights = (self.seen_weight, self.ea_weight, self.hea_weight, self.hoa_weight)
         _check(min(weights) >= 0.0, "synth", "anomaly weights must be >= 0")
         _check(sum(weights) > 0.0, "synth", "at least one anomaly kind needs a positive weight")
@@ -183,7 +219,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         item_type = args[0]
         return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
-        _check(value in typing.get_args(annotation), key, f"must be one of {typing.get_args(annotation)}, got {value!r}")
+        _check(
+            value in typing.get_args(annotation), key, f"must be one of {typing.get_args(annotation)}, got {value!r}"
+        )
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -222,6 +260,7 @@ def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """The nested plain-dict form of a config (lists for tuples), as written to YAML and checkpoints."""
+
     def convert(value: Any) -> Any:
         if isinstance(value, tuple):
             return [convert(v) for v in value]

@@ -1,0 +1,133 @@
+"""Self-describing checkpoints in safetensors: no pickle, so nothing in a file can run code.
+
+One file holds the format version, the run's config, the model's state (prototypes, trainable weights,
+BatchNorm statistics and the frozen encoder, so that inference needs no download) and, for resumable
+checkpoints, the optimiser's state and the iteration. Writes are atomic: a temporary file in the same
+folder, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from prnad import __version__
+from prnad.config import RunConfig, from_dict, to_dict
+from prnad.errors import CheckpointError
+from prnad.model import PRN, build_encoder, build_prn
+
+FORMAT = "prnad-checkpoint"
+FORMAT_VERSION = 1
+_MODEL = "model."
+_OPTIM = "optim."
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, loaded."""
+
+    model: PRN
+    config: RunConfig
+    iteration: int
+    info: dict[str, Any]
+    optimizer_state: dict[str, Any] | None
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state dict into flat tensors and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, per_param in state["state"].items():
+        for name, value in per_param.items():
+            tensors[f"{_OPTIM}{idx}.{name}"] = torch.as_tensor(value).contiguous()
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        idx, name = key[len(_OPTIM) :].split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: PRN,
+    config: RunConfig,
+    iteration: int,
+    info: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write ``model`` (and the optimiser, for resuming) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {_MODEL + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta: dict[str, Any] = {"optimizer": None}
+    if optimizer is not None:
+        optim_tensors, meta["optimizer"] = _optimizer_tensors(optimizer.state_dict())
+        tensors.update({k: v.cpu() for k, v in optim_tensors.items()})
+    header = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "prnad_version": __version__,
+        "config": json.dumps(to_dict(config)),
+        "iteration": str(iteration),
+        "info": json.dumps(info or {}),
+        "optimizer": json.dumps(meta["optimizer"]),
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {exc})") from exc
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a prnad checkpoint (format {header.get('format')!r})")
+    if int(header.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {header['format_version']} is newer than this prnad ({FORMAT_VERSION}); upgrade prnad"
+        )
+    return header, tensors
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model from the file alone (no encoder download) and load every tensor strictly."""
+    path = Path(path)
+    header, tensors = _read(path)
+    config = from_dict(RunConfig, json.loads(header["config"]))
+    state = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+    prototypes = [state.get(f"prototypes_{i}") for i in range(3)]
+    if any(p is None for p in prototypes):
+        raise CheckpointError(f"{path}: checkpoint has no prototypes")
+    skeleton = replace(config.model.encoder, weights="random")  # every encoder weight comes from the file
+    model = build_prn(config.model, prototypes=prototypes, encoder=build_encoder(skeleton))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: tensors do not match the model its config describes: {exc}") from exc
+    optim_meta = json.loads(header.get("optimizer", "null"))
+    optim_tensors = {k: v for k, v in tensors.items() if k.startswith(_OPTIM)}
+    return Checkpoint(
+        model=model.to(map_location),
+        config=config,
+        iteration=int(header["iteration"]),
+        info=json.loads(header.get("info", "{}")),
+        optimizer_state=_optimizer_state(optim_tensors, optim_meta) if optim_meta else None,
+    )

@@ -1,0 +1,175 @@
+"""The ``prnad`` command line: train, evaluate, synth, demo. Thin: it fills configs and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prnad import __version__
+from prnad.config import RunConfig, build_config, load_yaml
+from prnad.errors import PrnadError
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="encoder: resnet18 (default), wide_resnet50_2, mobilenet_v2")
+    p.add_argument("--backbone-weights", help="imagenet (download when online), random, or a local state-dict file")
+    p.add_argument("--input-norm", choices=["imagenet", "tf"], help="input normalisation the weights expect")
+    p.add_argument(
+        "--tf-same-padding", action="store_true", default=None, help="TensorFlow SAME padding (TF-converted weights)"
+    )
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file; flags override it")
+    p.add_argument("--seed", type=int, help="seed of the split, prototypes, initialisation and synthesis (default 0)")
+    p.add_argument("--seen-anomalies", type=int, help="defect images moved from test to train (default 10; 0 allowed)")
+    p.add_argument("--textures", help="folder of texture images for HEA (default: procedural textures)")
+    p.add_argument("--iterations", type=int, help="training steps (fixed budget)")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--image-size", type=int, help="training and evaluation resolution (default 256)")
+    p.add_argument("--workers", type=int, help="DataLoader workers for anomaly synthesis")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    _add_model_flags(p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prnad", description="Anomaly detection with Prototypical Residual Networks")
+    parser.add_argument("--version", action="version", version=f"prnad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train PRN on a category folder (MVTec AD layout)")
+    p.add_argument("--data", help="category folder: train/good, test/<type>, ground_truth/<type>")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and results")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_train_flags(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on its test split")
+    p.add_argument("run", help="run folder written by prnad train")
+    p.add_argument("--save-maps", help="write each anomaly map as .npy and scores.csv into this folder")
+    p.add_argument("--data", help="evaluate on this category folder instead of the one the run trained on")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
+    p.add_argument("--data", required=True, help="category folder")
+    p.add_argument("--out", default="synth.png", help="picture to write (default synth.png)")
+    p.add_argument("--textures", help="texture folder for HEA (default: procedural)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seen-anomalies", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--category-type", choices=["auto", "object", "texture"], default="auto")
+
+    p = sub.add_parser("demo", help="make a small synthetic category, train on it, evaluate (offline, CPU)")
+    p.add_argument("--out", default="prnad_demo", help="folder for the demo data and run (default prnad_demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--iterations", type=int, default=None, help="training steps (default: the demo's few-minute budget)"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="resolution (default 128 for the demo)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    _add_model_flags(p)
+    return parser
+
+
+def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    node = values
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+FLAG_KEYS = {
+    "data": "data.root",
+    "seen_anomalies": "data.seen_anomalies",
+    "textures": "data.textures",
+    "image_size": "data.image_size",
+    "backbone": "model.encoder.backbone",
+    "backbone_weights": "model.encoder.weights",
+    "input_norm": "model.encoder.input_norm",
+    "tf_same_padding": "model.encoder.tf_same_padding",
+    "seed": "train.seed",
+    "iterations": "train.iterations",
+    "batch_size": "train.batch_size",
+    "workers": "train.num_workers",
+    "device": "train.device",
+}
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then ``base``, then the YAML file given by --config, then explicit flags."""
+    flags: dict[str, Any] = {}
+    for attr, key in FLAG_KEYS.items():
+        _set(flags, key, getattr(args, attr, None))
+    layers = [base or {}]
+    if getattr(args, "config", None):
+        layers.append(load_yaml(args.config))
+    return build_config(*layers, flags)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from prnad.training import train
+
+    config = config_from_args(args)
+    if not config.data.root:
+        raise PrnadError("train: give the category folder with --data (or data.root in --config)")
+    path = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"trained model written to {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from prnad.evaluate import evaluate_run, format_table
+
+    result = evaluate_run(args.run, data_root=args.data, save_maps_dir=args.save_maps, device=args.device)
+    print(format_table(result))
+    print(f"metrics written to {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from prnad.synth_preview import write_preview
+
+    path = write_preview(
+        args.data,
+        args.out,
+        textures=args.textures,
+        seed=args.seed,
+        seen_anomalies=args.seen_anomalies,
+        image_size=args.image_size,
+        category_type=args.category_type,
+    )
+    print(f"generated anomalies written to {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from prnad.demo import run_demo
+
+    result = run_demo(args)
+    print(json.dumps(result["metrics"]))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "synth": _cmd_synth, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prnad`` script; returns the exit status (2 on a user error, with its message)."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PrnadError as exc:
+        print(f"prnad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""U-Net-like decoder: from the encoder's stride-32 map up to the full-resolution anomaly map.
+
+At each of strides 16, 8, 4: upsample x2 + conv, concatenate the fused map of that stride, two
+conv-BN-ReLU. Then a 1x1 conv to one logit channel and a bilinear upsample to the image size. A 1x1 conv
+and bilinear interpolation are both linear and commute exactly, so this equals the figure's "upsample,
+then conv" while convolving 16x fewer pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class UpBlock(nn.Module):
+    """x (B, C_in, h, w), skip (B, C_skip, 2h, 2w) -> (B, C_out, 2h, 2w)."""
+
+    def __init__(self, *, c_in: int, c_skip: int, c_out: int) -> None:
+        super().__init__()
+        self.up = conv_bn_relu(c_in, c_out)
+        self.fuse = nn.Sequential(conv_bn_relu(c_out + c_skip, c_out), conv_bn_relu(c_out, c_out))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
+        return self.fuse(torch.cat([x, skip], dim=1))  # cat: (B, C_out + C_skip, 2h, 2w)
+
+
+class Decoder(nn.Module):
+    """bottom (B, C4, S/32, S/32) and skips [(B, C_i, S/r_i, S/r_i) for r = 4, 8, 16] -> logits (B, 1, S, S)."""
+
+    def __init__(
+        self, *, bottom_channels: int, skip_channels: tuple[int, int, int], channels: tuple[int, int, int]
+    ) -> None:
+        super().__init__()
+        c16, c8, c4 = channels
+        s4, s8, s16 = skip_channels
+        self.blocks = nn.ModuleList(
+            [
+                UpBlock(c_in=bottom_channels, c_skip=s16, c_out=c16),
+                UpBlock(c_in=c16, c_skip=s8, c_out=c8),
+                UpBlock(c_in=c8, c_skip=s4, c_out=c4),
+            ]
+        )
+        self.head = nn.Conv2d(c4, 1, 1)
+
+    def forward(self, bottom: torch.Tensor, skips: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        x = bottom
+        for block, skip in zip(self.blocks, reversed(skips), strict=True):
+            x = block(x, skip)
+        x = self.head(x)  # (B, 1, S/4, S/4)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (B, 1, S, S)

@@ -1,0 +1,96 @@
+"""The PRN model: frozen encoder, prototypes, residuals, MF1 x2, MSA, MF2, decoder, top-K score.
+
+Shape letters: B batch, S image side, C_i channels at scale i (strides 4, 8, 16), K_i prototypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prnad.model.decoder import Decoder
+from prnad.model.encoder import Encoder
+from prnad.model.fusion import MultiScaleFusion
+from prnad.model.prototypes import nearest_prototype, residual
+
+
+@dataclass
+class PRNOutput:
+    """What PRN returns, in training and in evaluation.
+
+    logits: (B, 1, S, S) pre-sigmoid map; anomaly_map: (B, 1, S, S) sigmoid of it (Mo);
+    score: (B,) image score, the mean of the top-K pixels of anomaly_map.
+    """
+
+    logits: torch.Tensor
+    anomaly_map: torch.Tensor
+    score: torch.Tensor
+
+
+def topk_score(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` largest pixels of each map: (B, 1, S, S) -> (B,)."""
+    flat = anomaly_map.flatten(1)  # (B, S*S)
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
+
+
+class PRN(nn.Module):
+    """Prototypical Residual Network. Input RGB in [0, 1], (B, 3, S, S); output :class:`PRNOutput`."""
+
+    def __init__(
+        self,
+        *,
+        encoder: Encoder,
+        prototypes: list[torch.Tensor],
+        feature_fusion: MultiScaleFusion,
+        residual_fusion: MultiScaleFusion,
+        attention: nn.ModuleList,
+        output_fusion: MultiScaleFusion,
+        decoder: Decoder,
+        residual_kind: str,
+        topk: int,
+    ) -> None:
+        super().__init__()
+        if len(prototypes) != 3:
+            raise ValueError(f"expected prototypes for 3 scales, got {len(prototypes)}")
+        self.encoder = encoder
+        for i, p in enumerate(prototypes):
+            self.register_buffer(f"prototypes_{i}", p.clone())  # (K_i, C_i, H_i, W_i)
+        self.feature_fusion = feature_fusion
+        self.residual_fusion = residual_fusion
+        self.attention = attention
+        self.output_fusion = output_fusion
+        self.decoder = decoder
+        self.residual_kind = residual_kind
+        self.topk = topk
+
+    @property
+    def prototypes(self) -> list[torch.Tensor]:
+        return [getattr(self, f"prototypes_{i}") for i in range(3)]
+
+    def residuals(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per scale, the residual of each map to its nearest prototype; shapes as ``features``."""
+        return [
+            residual(f, nearest_prototype(f, p), self.residual_kind)
+            for f, p in zip(features, self.prototypes, strict=True)
+        ]
+
+    def forward(self, images: torch.Tensor) -> PRNOutput:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
+        with torch.no_grad():
+            *features, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
+            residuals = self.residuals(features)
+        fused_f = self.feature_fusion(features)
+        fused_r = self.residual_fusion(residuals)
+        joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)
+        attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
+        fused = self.output_fusion(attended)
+        logits = self.decoder(bottom, fused, images.shape[-2:])  # (B, 1, S, S)
+        anomaly_map = torch.sigmoid(logits)
+        return PRNOutput(logits=logits, anomaly_map=anomaly_map, score=topk_score(anomaly_map, self.topk))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything but the frozen encoder: what the optimiser sees."""
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,98 @@
+"""The training stream: normal images, seen anomalies, and generated anomalies, mixed per batch.
+
+Sample ``i`` of the stream is a pure function of (seed, i): its generator is seeded with both, so a run
+is reproducible, DataLoader workers never repeat each other, and a resumed run sees exactly the samples
+it would have seen. Its kind depends only on its position in the batch, so every batch has the mix
+the config asks for (by default 1/2 normal, 1/8 seen, 1/8 EA, 1/8 HEA, 1/8 HOA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prnad.config import SynthConfig
+from prnad.synthesis import extended_anomaly, heterologous_anomaly, homologous_anomaly
+
+KINDS = ("normal", "seen", "ea", "hea", "hoa")
+
+
+@dataclass(frozen=True)
+class TrainingPool:
+    """Everything samples are drawn from, all at the training resolution S.
+
+    normals (N, S, S, 3) uint8; foreground (N, S, S) bool, where target areas may lie;
+    seen_images (M, S, S, 3) uint8 and seen_masks (M, S, S) bool; textures (T, S, S, 3) uint8.
+    """
+
+    normals: np.ndarray
+    foreground: np.ndarray
+    seen_images: np.ndarray
+    seen_masks: np.ndarray
+    textures: np.ndarray
+
+
+def kind_fractions(config: SynthConfig, n_seen: int) -> dict[str, float]:
+    """Fraction of each kind in a batch; seen and EA drop out (weights renormalised) without seen anomalies."""
+    weights = {"seen": config.seen_weight, "ea": config.ea_weight, "hea": config.hea_weight, "hoa": config.hoa_weight}
+    if n_seen == 0:
+        weights["seen"] = weights["ea"] = 0.0
+    total = sum(weights.values())
+    if total == 0:
+        raise ValueError("no anomaly kind is left: with 0 seen anomalies, hea_weight or hoa_weight must be > 0")
+    anomalous = 1.0 - config.normal_fraction
+    fractions = {"normal": config.normal_fraction}
+    fractions.update({k: anomalous * w / total for k, w in weights.items()})
+    return fractions
+
+
+def batch_kinds(fractions: dict[str, float], batch_size: int) -> tuple[str, ...]:
+    """The kind at each batch position: position p takes the kind whose cumulative share covers (p + 0.5) / B."""
+    edges = np.cumsum([fractions[k] for k in KINDS])
+    return tuple(
+        KINDS[min(int(np.searchsorted(edges, (p + 0.5) / batch_size)), len(KINDS) - 1)] for p in range(batch_size)
+    )
+
+
+class AnomalyStream(torch.utils.data.Dataset):
+    """Samples ``start .. stop-1`` of the stream. Item: image (3, S, S) float in [0, 1], mask (1, S, S) float."""
+
+    def __init__(
+        self, pool: TrainingPool, config: SynthConfig, *, seed: int, batch_size: int, start: int, stop: int
+    ) -> None:
+        self.pool, self.config, self.seed = pool, config, seed
+        self.start, self.stop = start, stop
+        self.kinds = batch_kinds(kind_fractions(config, len(pool.seen_images)), batch_size)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.start + index
+        rng = np.random.default_rng([self.seed, i])
+        image, mask = self.sample(self.kinds[i % len(self.kinds)], rng)
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)  # (3, S, S)
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]  # (1, S, S)
+        return image_t, mask_t
+
+    def sample(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (image (S, S, 3) uint8, mask (S, S) bool) of ``kind``."""
+        pool, n = self.pool, len(self.pool.normals)
+        idx = int(rng.integers(n))
+        normal, allowed = pool.normals[idx], pool.foreground[idx]
+        if kind == "normal":
+            return normal, np.zeros(normal.shape[:2], dtype=bool)
+        if kind in ("seen", "ea"):
+            j = int(rng.integers(len(pool.seen_images)))
+            if kind == "seen":
+                return pool.seen_images[j], pool.seen_masks[j]
+            return extended_anomaly(
+                normal, pool.seen_images[j], pool.seen_masks[j], rng, allowed=allowed, config=self.config
+            )
+        if kind == "hea":
+            texture = pool.textures[int(rng.integers(len(pool.textures)))]
+            return heterologous_anomaly(normal, texture, rng, allowed=allowed, config=self.config)
+        other = pool.normals[int(rng.integers(n))]
+        return homologous_anomaly(normal, other, rng, allowed=allowed, config=self.config)
