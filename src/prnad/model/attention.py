@@ -39,7 +39,7 @@ def window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grid: int, heads: int, max_kv: int
 ) -> torch.Tensor:
     """Attention inside each window of a ``grid`` x ``grid`` split. q, k, v, output: (B, D, H, W)."""
-    b, d, hh, ww = q.shape
+    b, _, hh, ww = q.shape
     if hh % grid or ww % grid:
         raise ValueError(f"map {hh}x{ww} does not split into a {grid}x{grid} grid")
     kv_h, kv_w = min(hh // grid, max_kv), min(ww // grid, max_kv)

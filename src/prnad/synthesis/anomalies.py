@@ -46,7 +46,7 @@ def _check_mask(caller: str, name: str, mask: np.ndarray | None, size: int) -> N
 def _blend(normal: np.ndarray, source: np.ndarray, mask: np.ndarray, beta: float) -> np.ndarray:
     """PRN eq. 4 for a binary mask: (1 - beta) * C + beta * N inside ``mask``, N elsewhere; float, then rounded."""
     out = normal.copy()
-    mixed = beta * source[mask].astype(np.float32) + (1.0 - beta) * normal[mask].astype(np.float32)  # (K, 3)
+    mixed = (1.0 - beta) * source[mask].astype(np.float32) + beta * normal[mask].astype(np.float32)  # (K, 3)
     out[mask] = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
     return out
 

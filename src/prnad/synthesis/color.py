@@ -1,7 +1,8 @@
 """Random colour operations (PRN's Aug1): they give seen anomalies and textures new colours and contrasts.
 
 Every op maps a uint8 RGB image (H, W, 3) to a new uint8 RGB image of the same shape and draws its own
-parameters from the ``numpy.random.Generator`` it is given. Parameter ranges follow DRAEM's augmenters.
+parameters from the ``numpy.random.Generator`` it is given. The ranges below are our choice [C], close to
+DRAEM's augmenters (gamma (0.5, 2) per channel as there; solarize and posterize wider, to vary more).
 """
 
 from __future__ import annotations

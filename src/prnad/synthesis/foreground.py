@@ -117,7 +117,7 @@ def category_statistics(images: np.ndarray) -> dict[str, float]:
 
 
 def detect_category_type(images: np.ndarray) -> Literal["object", "texture"]:
-    """ "texture" when the centre looks like the border or the foreground fills the image, else "object".
+    """Call a category "texture" when its centre looks like its border or its foreground fills it, else "object".
 
     ``images``: uint8 (N, H, W, 3) normal images of one category. Thresholds: CENTRE_BORDER_RATIO and
     TEXTURE_COVERAGE.
@@ -132,10 +132,10 @@ def foreground_masks(images: np.ndarray, category_type: Literal["object", "textu
     """Bool (N, H, W) where target areas may lie: the estimated object, or everywhere for textures."""
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"foreground_masks: expected (N, H, W, 3) images, got shape {images.shape}")
-    if category_type == "texture":
-        return np.ones(images.shape[:3], dtype=bool)
-    if category_type != "object":
+    if category_type not in ("object", "texture"):
         raise ValueError(f"foreground_masks: category_type must be 'object' or 'texture', got {category_type!r}")
-    return (
-        np.stack([estimate_foreground(image) for image in images]) if len(images) else np.zeros(images.shape[:3], bool)
-    )
+    masks = np.ones(images.shape[:3], dtype=bool)
+    if category_type == "object":
+        for index, image in enumerate(images):
+            masks[index] = estimate_foreground(image)
+    return masks
