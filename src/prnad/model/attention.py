@@ -7,6 +7,9 @@ costs (H*W) x max_kv^2 instead of (H*W)^2: this keeps CPU inference within budge
 still sees its whole window. The position term is learned: a depthwise 3x3 conv added to the input
 (conditional position encoding), which works at any map size.
 
+Inside a stack the map is kept channels-last, (B, H, W, D), so that projections are plain matrix
+products (nn.Linear) and window partitioning moves whole channel vectors.
+
 Shape letters: B batch, D channels, H/W map size, g grid, h/w window size, n heads, e head dim.
 """
 
@@ -18,71 +21,90 @@ from torch import nn
 
 
 def _partition(x: torch.Tensor, grid: int, heads: int) -> torch.Tensor:
-    """(B, D, H, W) -> (B*g*g, n, h*w, e): tokens of each window, split into heads."""
-    b, d, hh, ww = x.shape
+    """(B, H, W, D) -> (B*g*g, n, h*w, e): tokens of each window, split into heads."""
+    b, hh, ww, d = x.shape
     h, w, e = hh // grid, ww // grid, d // heads
-    x = x.view(b, heads, e, grid, h, grid, w)  # (B, n, e, g, h, g, w)
-    x = x.permute(0, 3, 5, 1, 4, 6, 2)  # (B, g, g, n, h, w, e)
+    x = x.view(b, grid, h, grid, w, heads, e)  # (B, g, h, g, w, n, e)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6)  # (B, g, g, n, h, w, e)
     return x.reshape(b * grid * grid, heads, h * w, e)
 
 
 def _merge(x: torch.Tensor, batch: int, grid: int, size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`_partition`: (B*g*g, n, h*w, e) -> (B, D, H, W)."""
+    """Inverse of :func:`_partition`: (B*g*g, n, h*w, e) -> (B, H, W, D)."""
     heads, e = x.shape[1], x.shape[3]
     h, w = size[0] // grid, size[1] // grid
     x = x.view(batch, grid, grid, heads, h, w, e)  # (B, g, g, n, h, w, e)
-    x = x.permute(0, 3, 6, 1, 4, 2, 5)  # (B, n, e, g, h, g, w)
-    return x.reshape(batch, heads * e, size[0], size[1])
+    x = x.permute(0, 1, 4, 2, 5, 3, 6)  # (B, g, h, g, w, n, e)
+    return x.reshape(batch, size[0], size[1], heads * e)
 
 
-def window_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grid: int, heads: int, max_kv: int
-) -> torch.Tensor:
-    """Attention inside each window of a ``grid`` x ``grid`` split. q, k, v, output: (B, D, H, W)."""
-    b, _, hh, ww = q.shape
+def _pool(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Average-pool a channels-last map (B, H, W, D) to (B, out_h, out_w, D)."""
+    nchw = x.permute(0, 3, 1, 2)  # a view; channels-last in memory, which oneDNN pools fast
+    hh, ww = nchw.shape[-2:]
+    if hh % out_h == 0 and ww % out_w == 0:
+        pooled = F.avg_pool2d(nchw, (hh // out_h, ww // out_w))
+    else:
+        pooled = F.adaptive_avg_pool2d(nchw, (out_h, out_w))
+    return pooled.permute(0, 2, 3, 1)
+
+
+def window_attention(q: torch.Tensor, kv: torch.Tensor, *, grid: int, heads: int, max_kv: int) -> torch.Tensor:
+    """Attention inside each window of a ``grid`` x ``grid`` split.
+
+    q: (B, H, W, D); kv: keys and values side by side, (B, H, W, 2D). Output: (B, H, W, D).
+    """
+    b, hh, ww, _ = q.shape
     if hh % grid or ww % grid:
         raise ValueError(f"map {hh}x{ww} does not split into a {grid}x{grid} grid")
     kv_h, kv_w = min(hh // grid, max_kv), min(ww // grid, max_kv)
     if (kv_h, kv_w) != (hh // grid, ww // grid):
-        k = F.adaptive_avg_pool2d(k, (grid * kv_h, grid * kv_w))  # (B, D, g*kv_h, g*kv_w)
-        v = F.adaptive_avg_pool2d(v, (grid * kv_h, grid * kv_w))
-    out = F.scaled_dot_product_attention(
-        _partition(q, grid, heads), _partition(k, grid, heads), _partition(v, grid, heads)
-    )
-    return _merge(out, b, grid, (hh, ww))  # (B, D, H, W)
+        kv = _pool(kv, grid * kv_h, grid * kv_w)  # (B, g*kv_h, g*kv_w, 2D)
+    k, v = kv.chunk(2, dim=-1)
+    parts = (_partition(t, grid, heads) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(*parts)  # (B*g*g, n, h*w, e)
+    return _merge(out, b, grid, (hh, ww))  # (B, H, W, D)
 
 
 class MSABlock(nn.Module):
-    """One MSA block: position term, parallel window-attention branches merged by a 1x1 conv, then an FFN.
+    """One MSA block, as the figure draws it: position term, parallel window-attention branches, merged back
+    to D channels by a linear map (a 1x1 conv), with a pre-norm (LayerNorm) and a residual connection.
 
-    Both sub-layers are pre-norm with a residual connection. Input and output: (B, D, H, W).
+    No feed-forward sub-layer: the figure has none, and at stride 4 it would cost as much as the attention.
+    Input and output: (B, H, W, D).
     """
 
-    def __init__(self, *, channels: int, grids: tuple[int, ...], heads: int, max_kv: int, ffn_ratio: int = 2) -> None:
+    def __init__(self, *, channels: int, grids: tuple[int, ...], heads: int, max_kv: int) -> None:
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} not divisible by heads {heads}")
         self.grids, self.heads, self.max_kv = tuple(grids), heads, max_kv
         self.position = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
-        self.norm1 = nn.BatchNorm2d(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.merge = nn.Conv2d(len(self.grids) * channels, channels, 1)
-        self.norm2 = nn.BatchNorm2d(channels)
-        self.ffn = nn.Sequential(
-            nn.Conv2d(channels, ffn_ratio * channels, 1), nn.GELU(), nn.Conv2d(ffn_ratio * channels, channels, 1)
-        )
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.merge = nn.Linear(len(self.grids) * channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.position(x)
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=1)  # 3 x (B, D, H, W)
-        branches = [window_attention(q, k, v, grid=g, heads=self.heads, max_kv=self.max_kv) for g in self.grids]
-        x = x + self.merge(torch.cat(branches, dim=1))  # cat: (B, len(grids)*D, H, W)
-        return x + self.ffn(self.norm2(x))
+        x = x + self.position(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # conv on a channels-last view
+        qkv = self.qkv(self.norm(x))  # (B, H, W, 3D)
+        d = x.shape[-1]
+        q, kv = qkv[..., :d], qkv[..., d:]  # (B, H, W, D), (B, H, W, 2D)
+        branches = [window_attention(q, kv, grid=g, heads=self.heads, max_kv=self.max_kv) for g in self.grids]
+        return x + self.merge(torch.cat(branches, dim=-1))  # cat: (B, H, W, len(grids)*D)
 
 
-def msa_stack(*, channels: int, blocks: int, grids: tuple[int, ...], head_dim: int, max_kv: int) -> nn.Sequential:
-    """``blocks`` MSA blocks at one scale; heads = max(1, channels // head_dim), lowered until it divides."""
-    heads = max(1, channels // head_dim)
-    while channels % heads:
-        heads -= 1
-    return nn.Sequential(*(MSABlock(channels=channels, grids=grids, heads=heads, max_kv=max_kv) for _ in range(blocks)))
+class MSAStack(nn.Module):
+    """``blocks`` MSA blocks at one scale. Input and output: (B, D, H, W)."""
+
+    def __init__(self, *, channels: int, blocks: int, grids: tuple[int, ...], head_dim: int, max_kv: int) -> None:
+        super().__init__()
+        heads = max(1, channels // head_dim)
+        while channels % heads:
+            heads -= 1
+        self.blocks = nn.Sequential(*(MSABlock(channels=channels, grids=grids, heads=heads, max_kv=max_kv) for _ in range(blocks)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.blocks):
+            return x
+        tokens = self.blocks(x.permute(0, 2, 3, 1))  # (B, H, W, D)
+        return tokens.permute(0, 3, 1, 2)  # (B, D, H, W), channels-last in memory

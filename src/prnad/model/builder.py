@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from prnad.config import ModelConfig
-from prnad.model.attention import msa_stack
+from prnad.model.attention import MSAStack
 from prnad.model.decoder import Decoder
 from prnad.model.encoder import Encoder, build_encoder
 from prnad.model.fusion import MultiScaleFusion
@@ -18,7 +18,7 @@ def build_prn(config: ModelConfig, *, prototypes: list[torch.Tensor], encoder: E
     c = encoder.channels[:3]
     joint = tuple(2 * ci for ci in c)
     attention = torch.nn.ModuleList(
-        msa_stack(
+        MSAStack(
             channels=d,
             blocks=config.msa_blocks,
             grids=config.msa_grids,

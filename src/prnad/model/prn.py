@@ -5,13 +5,14 @@ Shape letters: B batch, S image side, C_i channels at scale i (strides 4, 8, 16)
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from prnad.model.decoder import Decoder
-from prnad.model.encoder import Encoder
+from prnad.model.encoder import Encoder, fold_batchnorm
 from prnad.model.fusion import MultiScaleFusion
 from prnad.model.prototypes import nearest_prototype, residual
 
@@ -94,3 +95,10 @@ class PRN(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen encoder: what the optimiser sees."""
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def fused_for_inference(model: PRN) -> PRN:
+    """An eval-mode copy of ``model`` with every conv-followed-by-BatchNorm folded: same maps, fewer passes."""
+    fused = copy.deepcopy(model).eval()
+    fold_batchnorm(fused)
+    return fused

@@ -13,40 +13,53 @@ def prototype_count(n_normal: int, ratio: float) -> int:
     return max(1, round(ratio * n_normal))
 
 
-def _kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centre drawn with probability proportional to squared distance."""
-    n = x.shape[0]
-    first = int(torch.randint(n, (1,), generator=generator))
-    centres = [x[first]]
-    dist = ((x - x[first]) ** 2).sum(1)  # (N,)
-    for _ in range(1, k):
-        probs = dist.clamp_min(0) / dist.clamp_min(0).sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / n)
-        idx = int(torch.multinomial(probs, 1, generator=generator))
-        centres.append(x[idx])
-        dist = torch.minimum(dist, ((x - x[idx]) ** 2).sum(1))
-    return torch.stack(centres)  # (K, D)
+def _sq_distances(gram: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Squared distances (N, K) from every point to every centre c_k = sum_i W_ki x_i, from the Gram matrix.
+
+    ||x_i - c_k||^2 = G_ii - 2 (G W^T)_ik + (W G W^T)_kk, with gram (N, N) and weights (K, N).
+    """
+    gw = gram @ weights.T  # (N, K)
+    centre_norms = (weights * gw.T).sum(1)  # (K,) = diag(W G W^T)
+    return (gram.diagonal()[:, None] - 2 * gw + centre_norms[None, :]).clamp_min_(0)
 
 
-def _lloyd(x: torch.Tensor, centres: torch.Tensor, iterations: int) -> tuple[torch.Tensor, float]:
-    """Lloyd iterations; an empty cluster keeps its previous centre. Returns centres and inertia."""
+def _kmeans_pp_init(gram: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre is a point drawn with probability proportional to its squared
+    distance to the nearest centre so far. Returns one-hot centre weights (K, N)."""
+    n = gram.shape[0]
+    weights = torch.zeros(k, n, dtype=gram.dtype)
+    weights[0, int(torch.randint(n, (1,), generator=generator))] = 1
+    for j in range(1, k):
+        dist = _sq_distances(gram, weights[:j]).min(1).values  # (N,)
+        probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / n)
+        weights[j, int(torch.multinomial(probs, 1, generator=generator))] = 1
+    return weights
+
+
+def _lloyd(gram: torch.Tensor, weights: torch.Tensor, iterations: int) -> tuple[torch.Tensor, float]:
+    """Lloyd iterations on centre weights (K, N); an empty cluster keeps its previous centre.
+
+    Returns the final weights and the inertia (sum of squared distances to the nearest centre).
+    """
+    assign = _sq_distances(gram, weights).argmin(1)  # (N,)
     for _ in range(iterations):
-        assign = torch.cdist(x, centres).argmin(1)  # (N,)
-        new = centres.clone()
-        counts = torch.bincount(assign, minlength=centres.shape[0])
-        new.index_add_(0, assign, x)
-        nonempty = counts > 0
-        new[nonempty] = (new[nonempty] - centres[nonempty]) / counts[nonempty, None]
-        if torch.equal(new, centres):
+        members = torch.nn.functional.one_hot(assign, weights.shape[0]).T.to(gram.dtype)  # (K, N)
+        counts = members.sum(1, keepdim=True)  # (K, 1)
+        weights = torch.where(counts > 0, members / counts.clamp_min(1), weights)
+        new_assign = _sq_distances(gram, weights).argmin(1)
+        if torch.equal(new_assign, assign):
             break
-        centres = new
-    inertia = float((torch.cdist(x, centres).min(1).values ** 2).sum())
-    return centres, inertia
+        assign = new_assign
+    inertia = float(_sq_distances(gram, weights).min(1).values.sum())
+    return weights, inertia
 
 
 def kmeans(x: torch.Tensor, k: int, *, restarts: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
     """Cluster rows of ``x`` (N, D) into ``k`` centres (K, D): k-means++ init, best of ``restarts`` runs.
 
-    With k == N every row is its own prototype (the paper's 100% point): no clustering.
+    Runs on the Gram matrix (N, N) in float64, so each step costs O(N^2 K) whatever D is: whole feature
+    maps have D in the hundreds of thousands, N only a few hundred. With k == N every row is its own
+    prototype (the paper's 100% point): no clustering.
     """
     if x.ndim != 2 or x.shape[0] < 1:
         raise ValueError(f"expected a non-empty (N, D) matrix, got {tuple(x.shape)}")
@@ -54,12 +67,14 @@ def kmeans(x: torch.Tensor, k: int, *, restarts: int, iterations: int, generator
         raise ValueError(f"k must be in [1, N={x.shape[0]}], got {k}")
     if k == x.shape[0]:
         return x.clone()
-    best, best_inertia = x[:k], float("inf")
+    x64 = x.double()
+    gram = x64 @ x64.T  # (N, N)
+    best, best_inertia = None, float("inf")
     for _ in range(restarts):
-        centres, inertia = _lloyd(x, _kmeans_pp_init(x, k, generator), iterations)
+        weights, inertia = _lloyd(gram, _kmeans_pp_init(gram, k, generator), iterations)
         if inertia < best_inertia:
-            best, best_inertia = centres, inertia
-    return best
+            best, best_inertia = weights, inertia
+    return (best @ x64).to(x.dtype)  # (K, D)
 
 
 def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
