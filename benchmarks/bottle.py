@@ -42,8 +42,21 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     """Train and evaluate one seed in-process; returns its measured figures."""
     out = Path(args.runs) / f"seed{seed}"
-    train_argv = ["train", "--data", args.data, "--out", str(out), "--seed", str(seed), "--config", args.config,
-                  "--textures", args.textures, "--no-progress", *shlex.split(args.extra)]
+    train_argv = [
+        "train",
+        "--data",
+        args.data,
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+        "--config",
+        args.config,
+        "--textures",
+        args.textures,
+        "--no-progress",
+        *shlex.split(args.extra),
+    ]
     started = time.perf_counter()
     if prnad_main(train_argv) != 0:
         raise SystemExit(f"training seed {seed} failed")
@@ -81,26 +94,47 @@ def summarise(runs: dict[str, dict]) -> dict:
     for key in PAPER:
         values = [r["metrics"][key] for r in runs.values() if r["metrics"][key] is not None]
         if values:
-            summary[key] = {"mean": round(statistics.fmean(values), 2), "std": round(statistics.pstdev(values), 2),
-                            "min": round(min(values), 2), "max": round(max(values), 2), "n": len(values)}
+            summary[key] = {
+                "mean": round(statistics.fmean(values), 2),
+                "std": round(statistics.pstdev(values), 2),
+                "min": round(min(values), 2),
+                "max": round(max(values), 2),
+                "n": len(values),
+            }
     return summary
 
 
 def write_markdown(path: Path, data: dict) -> None:
-    lines = [f"# PRN on MVTec AD {data['category']}", "", f"Command: `{data['command']}`", "",
-             "| metric | mean | std | min | max | seeds | paper (ResNet18) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# PRN on MVTec AD {data['category']}",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        "| metric | mean | std | min | max | seeds | paper (ResNet18) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, s in data["summary"].items():
-        lines.append(f"| {NAMES[key]} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {s['n']} | {PAPER[key]:.1f} |")
-    lines += ["", "| seed | image AUROC | pixel AUROC | PRO | pixel AP | train min | ms/image | device | iterations | date |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {NAMES[key]} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {s['n']} | {PAPER[key]:.1f} |"
+        )
+    lines += [
+        "",
+        "| seed | image AUROC | pixel AUROC | PRO | pixel AP | train min | ms/image | device | iterations | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["runs"].values():
         m = r["metrics"]
-        lines.append(f"| {r['seed']} | {m['image_auroc']:.1f} | {m['pixel_auroc']:.1f} | {m['pro']:.1f} | {m['pixel_ap']:.1f} | "
-                     f"{r['train_minutes']:.1f} | {r['inference_ms_per_image']:.1f} | {r['device']} | {r['iterations']} | {r['date']} |")
+        lines.append(
+            f"| {r['seed']} | {m['image_auroc']:.1f} | {m['pixel_auroc']:.1f} | {m['pro']:.1f} | {m['pixel_ap']:.1f} | "
+            f"{r['train_minutes']:.1f} | {r['inference_ms_per_image']:.1f} | {r['device']} | {r['iterations']} | {r['date']} |"
+        )
     enc = next(iter(data["runs"].values()))["encoder"]
-    lines += ["", f"Encoder: {enc['backbone']}, weights {enc['weights']} (the paper's figures are for ResNet18).",
-              "Test set: the category's test split minus the seed's 10 seen anomalies; metrics at 256x256;",
-              "ms/image: batch 1, warm-up excluded, prototype matching included."]
+    lines += [
+        "",
+        f"Encoder: {enc['backbone']}, weights {enc['weights']} (the paper's figures are for ResNet18).",
+        "Test set: the category's test split minus the seed's 10 seen anomalies; metrics at 256x256;",
+        "ms/image: batch 1, warm-up excluded, prototype matching included.",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -101,7 +101,9 @@ class MSAStack(nn.Module):
         heads = max(1, channels // head_dim)
         while channels % heads:
             heads -= 1
-        self.blocks = nn.Sequential(*(MSABlock(channels=channels, grids=grids, heads=heads, max_kv=max_kv) for _ in range(blocks)))
+        self.blocks = nn.Sequential(
+            *(MSABlock(channels=channels, grids=grids, heads=heads, max_kv=max_kv) for _ in range(blocks))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not len(self.blocks):

@@ -215,6 +215,7 @@ def _loop(
             bar.update(1)
             if (step + 1) % 10 == 0 or step + 1 == t.iterations:
                 log.write(json.dumps({"iteration": step + 1, "loss": round(loss, 6)}) + "\n")
+                log.flush()
             if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.iterations:
                 save_checkpoint(
                     paths.checkpoint, model=model, config=config, iteration=step + 1, info=info, optimizer=optimizer

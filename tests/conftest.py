@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny category in MVTec layout and a config that trains on it in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prnad.config import build_config
+from prnad.data import write_tiny_category
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_category(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 px category: 10 train images, 3 good test images, 2 defect types x 3 images."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    return write_tiny_category(root, rng=np.random.default_rng(0), size=64, n_train=10, n_good_test=3)
+
+
+def tiny_overrides(root: Path, **train: object) -> dict:
+    """Config values for a seconds-long run: 64 px, random ResNet18, 2 seen anomalies, 4 steps of 4 images."""
+    return {
+        "data": {"root": str(root), "image_size": 64, "seen_anomalies": 2},
+        "model": {"encoder": {"weights": "random"}, "kmeans_restarts": 1, "decoder_channels": [16, 16, 8]},
+        "train": {"iterations": 4, "batch_size": 4, "num_workers": 0, "checkpoint_every": 2, **train},
+    }
+
+
+@pytest.fixture()
+def tiny_config(tiny_category: Path):
+    return build_config(tiny_overrides(tiny_category))

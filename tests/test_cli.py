@@ -1,0 +1,155 @@
+"""The command line, in-process through main([...]): every command, its outputs, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from prnad.cli import main
+
+FAST = [
+    "--image-size",
+    "64",
+    "--iterations",
+    "2",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--backbone-weights",
+    "random",
+]
+
+
+@pytest.fixture()
+def fast_config(tmp_path: Path) -> Path:
+    path = tmp_path / "fast.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"model": {"kmeans_restarts": 1, "decoder_channels": [16, 16, 8]}, "data": {"seen_anomalies": 2}}
+        )
+    )
+    return path
+
+
+@pytest.fixture()
+def trained_run(tiny_category: Path, tmp_path: Path, fast_config: Path) -> Path:
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        str(tiny_category),
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "--config",
+        str(fast_config),
+        "--no-progress",
+        *FAST,
+    ]
+    assert main(argv) == 0
+    return out
+
+
+def test_train_writes_a_run_folder(trained_run: Path):
+    assert (trained_run / "model.safetensors").is_file()
+    assert (trained_run / "checkpoint.safetensors").is_file()
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["data"]["image_size"] == 64 and config["train"]["iterations"] == 2
+    assert config["model"]["kmeans_restarts"] == 1  # from --config, with flags on top
+
+
+def test_evaluate_prints_metrics_and_saves_maps(trained_run: Path, tiny_category: Path, capsys):
+    maps = trained_run / "maps"
+    assert main(["evaluate", str(trained_run), "--save-maps", str(maps)]) == 0
+    printed = capsys.readouterr().out
+    assert "image AUROC" in printed and "pixel AP" in printed and "ms / image" in printed
+    result = json.loads((trained_run / "metrics.json").read_text())
+    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "pro", "pixel_ap"}
+    assert result["test_images"] == 3 + 6 - 2  # good + defects - seen anomalies
+    assert result["seed"] == 0 and result["encoder"]["weights"] == "random" and "device" in result
+    assert result["config"]["train"]["iterations"] == 2
+    rows = list(csv.DictReader((maps / "scores.csv").open()))
+    assert len(rows) == result["test_images"] and set(rows[0]) == {"path", "label", "score"}
+    for row in rows:
+        array = np.load(maps / Path(row["path"]).with_suffix(".npy"))
+        assert array.shape == (64, 64) and array.dtype == np.float32
+        assert (tiny_category / "test" / row["path"]).is_file()
+    assert sorted({r["label"] for r in rows}) == ["0", "1"]
+
+
+def test_synth_writes_a_grid_per_kind(tiny_category: Path, tmp_path: Path):
+    out = tmp_path / "synth.png"
+    assert (
+        main(["synth", "--data", str(tiny_category), "--out", str(out), "--image-size", "64", "--seen-anomalies", "2"])
+        == 0
+    )
+    picture = np.asarray(Image.open(out))
+    assert picture.shape[0] > 3 * 64  # three rows: EA, HEA, HOA
+    assert picture.shape[1] > 3 * 64  # label, normal, anomaly, mask
+
+
+def test_synth_with_a_texture_folder(tiny_category: Path, tmp_path: Path):
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+            textures / f"t{i}.jpg"
+        )
+    out = tmp_path / "s.png"
+    argv = [
+        "synth",
+        "--data",
+        str(tiny_category),
+        "--textures",
+        str(textures),
+        "--out",
+        str(out),
+        "--image-size",
+        "64",
+        "--seen-anomalies",
+        "0",
+    ]
+    assert main(argv) == 0
+    assert out.is_file()
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iterations", "2", "--image-size", "64", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "image AUROC" in printed
+    assert (out / "data" / "washer" / "ground_truth").is_dir()
+    assert json.loads((out / "run" / "metrics.json").read_text())["test_images"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/r"], "nowhere"),
+        (["evaluate", "{tmp}"], "no trained model"),
+        (["synth", "--data", "{tmp}", "--out", "{tmp}/x.png"], "expected the MVTec AD layout"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--iterations", "0"], "train.iterations"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--backbone-weights", "{tmp}/w.pth"], "w.pth"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys, argv, message, tiny_category):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--backbone-weights" in argv:
+        argv[argv.index("--data") + 1] = str(tiny_category)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_truncated_model_in_run_folder(trained_run: Path, capsys):
+    model = trained_run / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])
+    assert main(["evaluate", str(trained_run)]) == 2
+    assert "model.safetensors" in capsys.readouterr().err

@@ -1,0 +1,314 @@
+"""Shape and behaviour tests of every model part, on random weights and tiny inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prnad.config import EncoderConfig, LossConfig, ModelConfig
+from prnad.model import build_encoder, build_prn, prn_loss
+from prnad.model.attention import MSABlock, MSAStack, _merge, _partition, window_attention
+from prnad.model.decoder import Decoder
+from prnad.model.fusion import MultiScaleFusion
+from prnad.model.loss import focal_loss
+from prnad.model.prn import fused_for_inference, topk_score
+from prnad.model.prototypes import kmeans, nearest_prototype, prototype_count, residual
+
+SIZES = [(64, 16), (32, 8), (16, 4)]
+
+
+def _maps(batch: int, channels: tuple[int, ...], side: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, c, side >> i, side >> i, generator=g) for i, c in enumerate(channels)]
+
+
+def _model(backbone: str = "resnet18", size: int = 64, **model_kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        encoder=EncoderConfig(backbone=backbone, weights="random"), decoder_channels=(16, 16, 8), **model_kw
+    )
+    encoder = build_encoder(config.encoder)
+    protos = [
+        torch.randn(3, c, size // r, size // r) for c, r in zip(encoder.channels, encoder.reductions, strict=False)
+    ]
+    return build_prn(config, prototypes=protos[:3], encoder=encoder)
+
+
+# ------------------------------------------------------------------------------------------------ encoder
+
+
+@pytest.mark.parametrize(
+    ("backbone", "channels"), [("resnet18", (64, 128, 256, 512)), ("mobilenet_v2", (24, 32, 96, 320))]
+)
+def test_encoder_declared_channels_and_strides_match_outputs(backbone, channels):
+    encoder = build_encoder(EncoderConfig(backbone=backbone, weights="random"))
+    assert encoder.channels == channels
+    outputs = encoder(torch.rand(2, 3, 128, 128))
+    for out, c, r in zip(outputs, encoder.channels, encoder.reductions, strict=True):
+        assert out.shape == (2, c, 128 // r, 128 // r)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_wide_resnet_channels():
+    encoder = build_encoder(EncoderConfig(backbone="wide_resnet50_2", weights="random"))
+    assert encoder.channels == (256, 512, 1024, 2048)
+
+
+def test_encoder_stays_in_eval_mode_and_frozen():
+    encoder = build_encoder(EncoderConfig(backbone="resnet18", weights="random", fold_batchnorm=False))
+    encoder.train()
+    assert not encoder.training
+    assert all(not m.training for m in encoder.modules())
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_normalisation_lives_in_the_model_as_non_persistent_buffers():
+    encoder = build_encoder(EncoderConfig(backbone="mobilenet_v2", weights="random", input_norm="tf"))
+    assert torch.allclose(encoder.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+    assert "mean" not in encoder.state_dict()
+
+
+def test_batchnorm_folding_keeps_the_maps():
+    torch.manual_seed(0)
+    plain = build_encoder(EncoderConfig(backbone="mobilenet_v2", weights="random", fold_batchnorm=False))
+    for m in plain.modules():  # give BatchNorm non-trivial statistics so folding has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = build_encoder(EncoderConfig(backbone="mobilenet_v2", weights="random", fold_batchnorm=False))
+    folded.load_state_dict(plain.state_dict())
+    from prnad.model.encoder import fold_batchnorm
+
+    fold_batchnorm(folded.stages)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 64, 64)
+    for a, b in zip(plain(x), folded(x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_tf_same_padding_pads_bottom_right_only():
+    from prnad.model.encoder import Conv2dTFSame
+
+    conv = Conv2dTFSame(1, 1, 3, stride=2, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    assert torch.equal(conv(x), expected)
+    assert conv(x).shape == (1, 1, 2, 2)
+
+
+def test_weights_file_errors_name_the_file(tmp_path):
+    from prnad.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="missing.pth"):
+        build_encoder(EncoderConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(CheckpointError, match=r"wrong\.pth.*expected keys missing"):
+        build_encoder(EncoderConfig(backbone="resnet18", weights=str(wrong)))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a state dict")
+    with pytest.raises(CheckpointError, match="garbage.pth"):
+        build_encoder(EncoderConfig(backbone="resnet18", weights=str(garbage)))
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    import torchvision
+
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)
+    encoder = build_encoder(EncoderConfig(backbone="resnet18", weights=str(path), fold_batchnorm=False))
+    assert torch.equal(encoder.stages[0][0].weight, reference.conv1.weight)
+
+
+# ------------------------------------------------------------------------------------------------ prototypes
+
+
+def test_prototype_count():
+    assert prototype_count(209, 0.1) == 21
+    assert prototype_count(5, 0.1) == 1
+    assert prototype_count(40, 1.0) == 40
+
+
+def test_kmeans_recovers_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 40, generator=g) * 10
+    points = torch.cat([centres[i] + 0.1 * torch.randn(15, 40, generator=g) for i in range(3)])
+    found = kmeans(points, 3, restarts=2, iterations=20, generator=torch.Generator().manual_seed(1))
+    means = torch.stack([points[15 * i : 15 * (i + 1)].mean(0) for i in range(3)])
+    assert torch.cdist(found, means).min(1).values.max() < 1e-4
+
+
+def test_kmeans_matches_plain_lloyd_inertia_on_random_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 7, generator=g)
+    centres = kmeans(x, 4, restarts=3, iterations=100, generator=torch.Generator().manual_seed(0))
+    assign = torch.cdist(x, centres).argmin(1)
+    # a Lloyd fixed point: every centre is the mean of the points nearest to it
+    for k in range(4):
+        torch.testing.assert_close(centres[k], x[assign == k].mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_kmeans_with_k_equal_n_keeps_every_map():
+    x = torch.randn(5, 3)
+    assert torch.equal(kmeans(x, 5, restarts=1, iterations=1, generator=torch.Generator()), x)
+
+
+def test_kmeans_is_seeded():
+    x = torch.randn(40, 6)
+    a = kmeans(x, 5, restarts=2, iterations=10, generator=torch.Generator().manual_seed(7))
+    b = kmeans(x, 5, restarts=2, iterations=10, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_nearest_prototype_and_residual_kinds():
+    protos = torch.stack([torch.zeros(1, 2, 2), torch.full((1, 2, 2), 10.0)])  # (K=2, C=1, 2, 2)
+    f = torch.full((1, 1, 2, 2), 9.0)
+    nearest = nearest_prototype(f, protos)
+    assert torch.equal(nearest, protos[1:2])
+    assert torch.equal(residual(f, nearest, "squared"), torch.ones(1, 1, 2, 2))
+    assert torch.equal(residual(f, nearest, "signed"), -torch.ones(1, 1, 2, 2))
+    assert torch.equal(residual(f, nearest, "absolute"), torch.ones(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="cubed"):
+        residual(f, nearest, "cubed")
+
+
+# ------------------------------------------------------------------------------------------------ MF, MSA, decoder
+
+
+def test_multiscale_fusion_shapes_and_exchange():
+    mf = MultiScaleFusion(channels=(8, 16, 32)).eval()
+    maps = _maps(2, (8, 16, 32))
+    out = mf(maps)
+    assert [o.shape for o in out] == [m.shape for m in maps]
+    # every scale receives every other scale: changing the coarsest input changes the finest output
+    changed = [maps[0], maps[1], maps[2] + 1.0]
+    assert not torch.allclose(mf(changed)[0], out[0])
+    with pytest.raises(ValueError, match="expected 3 maps"):
+        mf(maps[:2])
+
+
+def test_window_partition_round_trip():
+    x = torch.randn(2, 8, 8, 6)  # (B, H, W, D)
+    for grid in (1, 2, 4):
+        parts = _partition(x, grid, heads=3)
+        assert parts.shape == (2 * grid * grid, 3, (8 // grid) ** 2, 2)
+        assert torch.equal(_merge(parts, 2, grid, (8, 8)), x)
+
+
+def test_window_attention_stays_inside_windows():
+    q = torch.randn(1, 8, 8, 4)
+    kv = torch.randn(1, 8, 8, 8)
+    out = window_attention(q, kv, grid=2, heads=1, max_kv=8)
+    kv2 = kv.clone()
+    kv2[:, 4:, 4:] += 5.0  # change only the bottom-right window's keys/values
+    out2 = window_attention(q, kv2, grid=2, heads=1, max_kv=8)
+    assert torch.equal(out[:, :4, :4], out2[:, :4, :4])
+    assert not torch.allclose(out[:, 4:, 4:], out2[:, 4:, 4:])
+
+
+def test_window_attention_pools_keys_to_max_kv():
+    q = torch.randn(1, 8, 8, 4)
+    kv = torch.randn(1, 8, 8, 8)
+    pooled = F.avg_pool2d(kv.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # (1, 4, 4, 8)
+    k, v = pooled.chunk(2, dim=-1)
+    expected = F.scaled_dot_product_attention(q.reshape(1, 1, 64, 4), k.reshape(1, 1, 16, 4), v.reshape(1, 1, 16, 4))
+    got = window_attention(q, kv, grid=1, heads=1, max_kv=4)
+    torch.testing.assert_close(got.reshape(1, 1, 64, 4), expected)
+
+
+def test_msa_block_and_stack_shapes():
+    block = MSABlock(channels=8, grids=(1, 2, 4), heads=2, max_kv=2)
+    assert block(torch.randn(2, 8, 8, 8)).shape == (2, 8, 8, 8)
+    stack = MSAStack(channels=12, blocks=2, grids=(1, 2, 4), head_dim=64, max_kv=4)
+    x = torch.randn(2, 12, 16, 16)
+    assert stack(x).shape == x.shape
+    assert torch.equal(MSAStack(channels=12, blocks=0, grids=(1,), head_dim=4, max_kv=4)(x), x)
+    with pytest.raises(ValueError, match="grid"):
+        window_attention(torch.randn(1, 6, 6, 4), torch.randn(1, 6, 6, 8), grid=4, heads=1, max_kv=8)
+
+
+def test_decoder_shapes():
+    dec = Decoder(bottom_channels=32, skip_channels=(8, 16, 24), channels=(16, 8, 8))
+    skips = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 24, 4, 4)]
+    out = dec(torch.randn(2, 32, 2, 2), skips, (64, 64))
+    assert out.shape == (2, 1, 64, 64)
+
+
+# ------------------------------------------------------------------------------------------------ PRN, loss, score
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_prn_forward_shapes(backbone):
+    model = _model(backbone).eval()
+    out = model(torch.rand(2, 3, 64, 64))
+    assert out.logits.shape == out.anomaly_map.shape == (2, 1, 64, 64)
+    assert out.score.shape == (2,)
+    assert ((out.anomaly_map >= 0) & (out.anomaly_map <= 1)).all()
+    with pytest.raises(ValueError, match=r"\(2, 1, 64, 64\)"):
+        model(torch.rand(2, 1, 64, 64))
+
+
+def test_topk_score_is_the_mean_of_the_largest_pixels():
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 0, :3] = torch.tensor([1.0, 0.5, 0.3])
+    assert torch.allclose(topk_score(m, 2), torch.tensor([0.75]))
+    assert torch.allclose(topk_score(m, 100), torch.tensor([1.8 / 16]))
+
+
+def test_focal_and_total_loss_by_hand():
+    logits = torch.tensor([0.0, 0.0]).view(1, 1, 1, 2)
+    target = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    # p = 0.5 everywhere: focal = alpha * 0.5^gamma * ln 2 for both pixels
+    expected_focal = 0.5 * 0.5**4 * torch.log(torch.tensor(2.0))
+    assert torch.allclose(focal_loss(logits, target, alpha=0.5, gamma=4.0), expected_focal)
+    # SmoothL1 with |p - m| = 0.5 < beta = 1: 0.5 * 0.25 = 0.125
+    total = prn_loss(logits, target, LossConfig())
+    assert torch.allclose(total, 0.125 + 5.0 * expected_focal)
+    with pytest.raises(ValueError, match="differ in shape"):
+        prn_loss(logits, target.view(1, 1, 2, 1), LossConfig())
+
+
+def _frozen_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.encoder.state_dict().items()}
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_training_step_leaves_encoder_weights_and_bn_buffers_unchanged(fold):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        encoder=EncoderConfig(backbone="resnet18", weights="random", fold_batchnorm=fold), decoder_channels=(16, 16, 8)
+    )
+    encoder = build_encoder(config.encoder)
+    protos = [
+        torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels[:3], encoder.reductions, strict=False)
+    ]
+    model = build_prn(config, prototypes=protos, encoder=encoder)
+    before = _frozen_state(model)
+    assert any("running_mean" in k for k in before) != fold  # unfolded: the BN buffers are there to check
+    trainable_before = [p.clone() for p in model.trainable_parameters()]
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.1)
+    model.train()
+    out = model(torch.rand(4, 3, 64, 64))
+    prn_loss(out.logits, (torch.rand(4, 1, 64, 64) > 0.8).float(), LossConfig()).backward()
+    optimizer.step()
+    after = model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.encoder.training
+    assert any(not torch.equal(a, b) for a, b in zip(trainable_before, model.trainable_parameters(), strict=True))
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    assert not encoder_ids & {id(p) for p in model.trainable_parameters()}
+
+
+def test_fused_for_inference_gives_the_same_maps():
+    model = _model()
+    model.train()
+    model(torch.rand(4, 3, 64, 64))  # move BN statistics away from their initial values
+    model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    fused = fused_for_inference(model)
+    torch.testing.assert_close(fused(x).anomaly_map, model(x).anomaly_map, atol=1e-5, rtol=1e-4)
