@@ -85,6 +85,7 @@ def save_checkpoint(
     }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata=header)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 
@@ -118,6 +119,13 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{path}: checkpoint has no prototypes")
     skeleton = replace(config.model.encoder, weights="random")  # every encoder weight comes from the file
     model = build_prn(config.model, prototypes=prototypes, encoder=build_encoder(skeleton))
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise CheckpointError(
+            f"{path}: tensors do not match the model its config describes: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it written by another prnad version?"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

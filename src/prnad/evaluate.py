@@ -24,6 +24,7 @@ from prnad.data import Sample, load_samples, scan_category, split_seen_anomalies
 from prnad.errors import DataError
 from prnad.metrics import compute_metrics
 from prnad.model import PRN
+from prnad.model.prn import fused_for_inference
 from prnad.training import RunPaths
 from prnad.utils import device_name, resolve_device
 
@@ -121,7 +122,7 @@ def evaluate_run(
     test = held_out_test_set(root, config.data.seen_anomalies, config.train.seed, expected)
     images, masks = load_samples(test, config.data.image_size)
     labels = np.array([s.label for s in test])
-    preds = predict(ckpt.model, images, torch_device)
+    preds = predict(fused_for_inference(ckpt.model), images, torch_device)
     metrics = compute_metrics(preds.scores, labels, preds.maps, masks)
     if save_maps_dir is not None:
         save_maps(Path(save_maps_dir), test, root, preds)
