@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from prnad.config import build_config
 from prnad.data import write_tiny_category
@@ -14,6 +15,20 @@ from prnad.data import write_tiny_category
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 torch.set_num_threads(2)
+
+# CLI flags that make `prnad train` take seconds on the tiny category
+FAST_TRAIN = [
+    "--image-size",
+    "64",
+    "--iterations",
+    "2",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--backbone-weights",
+    "random",
+]
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +45,17 @@ def tiny_overrides(root: Path, **train: object) -> dict:
         "model": {"encoder": {"weights": "random"}, "kmeans_restarts": 1, "decoder_channels": [16, 16, 8]},
         "train": {"iterations": 4, "batch_size": 4, "num_workers": 0, "checkpoint_every": 2, **train},
     }
+
+
+@pytest.fixture()
+def textures(tmp_path: Path) -> Path:
+    """A folder of two small random texture images."""
+    folder = tmp_path / "textures"
+    folder.mkdir()
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"t{i}.jpg")
+    return folder
 
 
 @pytest.fixture()

@@ -12,19 +12,7 @@ import yaml
 from PIL import Image
 
 from prnad.cli import main
-
-FAST = [
-    "--image-size",
-    "64",
-    "--iterations",
-    "2",
-    "--batch-size",
-    "4",
-    "--workers",
-    "0",
-    "--backbone-weights",
-    "random",
-]
+from tests.conftest import FAST_TRAIN as FAST
 
 
 @pytest.fixture()
@@ -96,28 +84,10 @@ def test_synth_writes_a_grid_per_kind(tiny_category: Path, tmp_path: Path):
     assert picture.shape[1] > 3 * 64  # label, normal, anomaly, mask
 
 
-def test_synth_with_a_texture_folder(tiny_category: Path, tmp_path: Path):
-    textures = tmp_path / "textures"
-    textures.mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
-            textures / f"t{i}.jpg"
-        )
+def test_synth_with_a_texture_folder(tiny_category: Path, tmp_path: Path, textures: Path):
     out = tmp_path / "s.png"
-    argv = [
-        "synth",
-        "--data",
-        str(tiny_category),
-        "--textures",
-        str(textures),
-        "--out",
-        str(out),
-        "--image-size",
-        "64",
-        "--seen-anomalies",
-        "0",
-    ]
-    assert main(argv) == 0
+    argv = ["synth", "--data", str(tiny_category), "--textures", str(textures), "--out", str(out), "--image-size", "64"]
+    assert main([*argv, "--seen-anomalies", "0"]) == 0
     assert out.is_file()
 
 

@@ -6,29 +6,12 @@ import re
 import shlex
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
-
 from prnad.cli import main
+from tests.conftest import FAST_TRAIN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = {
-    "train": [
-        "--image-size",
-        "64",
-        "--iterations",
-        "2",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
-        "--backbone-weights",
-        "random",
-        "--seen-anomalies",
-        "2",
-        "--no-progress",
-    ],
+    "train": [*FAST_TRAIN, "--seen-anomalies", "2", "--no-progress"],
     "evaluate": [],
     "synth": ["--image-size", "64", "--seen-anomalies", "2"],
     "demo": ["--iterations", "2", "--image-size", "64", "--no-progress"],
@@ -47,17 +30,6 @@ def test_readme_has_the_issue_commands():
     assert "prnad evaluate runs/bottle --save-maps runs/bottle/maps" in commands
     assert "prnad demo" in commands
     assert any(c.startswith("prnad synth --data ../shared/data/mvtec_ad/bottle --textures") for c in commands)
-
-
-@pytest.fixture()
-def textures(tmp_path: Path) -> Path:
-    folder = tmp_path / "textures"
-    folder.mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
-            folder / f"{i}.png"
-        )
-    return folder
 
 
 def test_readme_commands_run(tiny_category: Path, textures: Path, tmp_path: Path, monkeypatch):

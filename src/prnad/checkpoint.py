@@ -22,6 +22,7 @@ from prnad import __version__
 from prnad.config import RunConfig, from_dict, to_dict
 from prnad.errors import CheckpointError
 from prnad.model import PRN, build_encoder, build_prn
+from prnad.model.encoder import load_strict
 
 FORMAT = "prnad-checkpoint"
 FORMAT_VERSION = 1
@@ -119,17 +120,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{path}: checkpoint has no prototypes")
     skeleton = replace(config.model.encoder, weights="random")  # every encoder weight comes from the file
     model = build_prn(config.model, prototypes=prototypes, encoder=build_encoder(skeleton))
-    expected = set(model.state_dict())
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise CheckpointError(
-            f"{path}: tensors do not match the model its config describes: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it written by another prnad version?"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: tensors do not match the model its config describes: {exc}") from exc
+    load_strict(model, state, path, what="the model its config describes (written by another prnad version?)")
     optim_meta = json.loads(header.get("optimizer", "null"))
     optim_tensors = {k: v for k, v in tensors.items() if k.startswith(_OPTIM)}
     return Checkpoint(

@@ -117,18 +117,24 @@ def load_state_dict_file(model: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: cannot read encoder weights ({exc})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    expected = set(model.state_dict())
-    got = set(state) if isinstance(state, dict) else set()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state dict (a {type(state).__name__})")
+    load_strict(model, state, path, what=f"{type(model).__name__} weights")
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, *, what: str) -> None:
+    """``model.load_state_dict(state, strict=True)``, with an error naming the file and a few wrong keys."""
+    expected, got = set(model.state_dict()), set(state)
     if got != expected:
         missing, unexpected = sorted(expected - got), sorted(got - expected)
         raise CheckpointError(
-            f"{path}: not a {type(model).__name__} state dict: {len(missing)} expected keys missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            f"{path}: does not hold {what}: {len(missing)} expected keys missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {exc}") from exc
+    except RuntimeError as exc:  # same keys, other shapes
+        raise CheckpointError(f"{path}: does not hold {what}: {exc}") from exc
 
 
 def _stages(backbone: str, model: nn.Module) -> nn.ModuleList:
