@@ -13,6 +13,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = {
     "train": [*FAST_TRAIN, "--seen-anomalies", "2", "--no-progress"],
     "evaluate": [],
+    "predict": [],
     "synth": ["--image-size", "64", "--seen-anomalies", "2"],
     "demo": ["--iterations", "2", "--image-size", "64", "--no-progress"],
 }

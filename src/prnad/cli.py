@@ -1,4 +1,4 @@
-"""The ``prnad`` command line: train, evaluate, synth, demo. Thin: it fills configs and calls the library."""
+"""The ``prnad`` command line: train, evaluate, predict, synth, demo. Thin: it fills configs and calls the library."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seen-anomalies", type=int, default=10)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--category-type", choices=["auto", "object", "texture"], default="auto")
+
+    p = sub.add_parser("predict", help="score new images with a trained run; write maps, heatmaps, scores.csv")
+    p.add_argument("run", help="run folder written by prnad train")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for <name>.npy maps, <name>_heatmap.png and scores.csv")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("demo", help="make a small synthetic category, train on it, evaluate (offline, CPU)")
     p.add_argument("--out", default="prnad_demo", help="folder for the demo data and run (default prnad_demo)")
@@ -150,6 +156,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from prnad.predict import predict_images
+
+    for path, score in predict_images(args.run, args.images, args.out, device=args.device):
+        print(f"{score:.4f}  {path}")
+    print(f"maps, heatmaps and scores.csv written to {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prnad.demo import run_demo
 
@@ -158,7 +173,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "synth": _cmd_synth, "demo": _cmd_demo}
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "synth": _cmd_synth,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
