@@ -23,7 +23,7 @@ def _classify(config: EncoderConfig) -> torch.Tensor:
     side = int(min(w, h) * 0.875)
     left, top = (w - side) // 2, (h - side) // 2
     image = image.crop((left, top, left + side, top + side)).resize((224, 224), Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float().div(255)[None]  # (1, 3, 224, 224)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]  # (1, 3, 224, 224)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in INPUT_NORMS[config.input_norm])
     with torch.no_grad():
         return build_classifier(config)((x - mean) / std).softmax(1)[0]

@@ -102,6 +102,12 @@ def _torchvision_model(backbone: str, weights: str) -> nn.Module:
     return model
 
 
+def check_weights_source(config: EncoderConfig) -> None:
+    """Fail early (before any data is read) when the weights are a file that is not there."""
+    if config.weights not in ("imagenet", "random") and not Path(config.weights).is_file():
+        raise CheckpointError(f"{config.weights}: encoder weights file not found (expected imagenet, random or a file)")
+
+
 def load_state_dict_file(model: nn.Module, path: Path) -> None:
     """Load a state dict (``.pth``/``.pt`` or ``.safetensors``) strictly, with errors naming the file."""
     if not path.is_file():

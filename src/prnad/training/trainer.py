@@ -23,6 +23,7 @@ from prnad.config import RunConfig, to_dict
 from prnad.data import Category, load_samples, scan_category, split_seen_anomalies
 from prnad.errors import DataError
 from prnad.model import PRN, Encoder, build_encoder, build_prn, prn_loss
+from prnad.model.encoder import check_weights_source
 from prnad.model.prototypes import kmeans, prototype_count
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
 from prnad.training.sampler import AnomalyStream, TrainingPool
@@ -179,6 +180,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     paths.root.mkdir(parents=True, exist_ok=True)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
+    check_weights_source(config.model.encoder)
     category = scan_category(config.data.root)
     seen, _ = split_seen_anomalies(category.test, config.data.seen_anomalies, config.train.seed)
     pool, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
