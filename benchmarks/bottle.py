@@ -35,6 +35,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default=str(REPO / "configs/mobilenet_v2_tf.yaml"))
     p.add_argument("--runs", default=str(REPO / "runs/bench_bottle"))
     p.add_argument("--name", default="bottle", help="results file stem in benchmarks/results")
+    p.add_argument("--resume", action="store_true", help="resume a seed whose run folder holds a checkpoint")
     p.add_argument("--extra", default="", help="more flags for prnad train, e.g. '--iterations 300 --device cuda'")
     return p.parse_args(argv)
 
@@ -57,6 +58,12 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "--no-progress",
         *shlex.split(args.extra),
     ]
+    resumed_from = None
+    if args.resume and (out / "checkpoint.safetensors").is_file():
+        from prnad.checkpoint import load_checkpoint
+
+        resumed_from = load_checkpoint(out / "checkpoint.safetensors").iteration
+        train_argv.append("--resume")
     started = time.perf_counter()
     if prnad_main(train_argv) != 0:
         raise SystemExit(f"training seed {seed} failed")
@@ -69,6 +76,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "seed": seed,
         "metrics": result["metrics"],
         "train_minutes": round(train_s / 60, 2),
+        "resumed_from_iteration": resumed_from,  # train_minutes then counts only the resumed part
         "train_plus_evaluate_minutes": round(total_s / 60, 2),
         "inference_ms_per_image": result["inference_ms_per_image"],
         "inference_ms_median": result["inference_ms_median"],

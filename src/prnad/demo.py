@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from prnad.config import RunConfig
 from prnad.evaluate import evaluate_run, format_table
 
 DEMO_COUNTS = {"train": 60, "good": 12, "scratch": 8, "stain": 8, "chip": 8}
-DEMO_DEFAULTS = {"image_size": 128, "iterations": 300, "batch_size": 8, "seen_anomalies": 6}
+DEMO_DEFAULTS = {"image_size": 128, "iterations": 300, "batch_size": 8, "seen_anomalies": 6, "lr": 1e-3}
 
 
 def _part(rng: np.random.Generator, size: int) -> tuple[Image.Image, tuple[float, float, float]]:
@@ -44,35 +44,38 @@ def _part(rng: np.random.Generator, size: int) -> tuple[Image.Image, tuple[float
 def _plant(
     kind: str, image: Image.Image, geometry: tuple[float, float, float], rng: np.random.Generator
 ) -> tuple[Image.Image, np.ndarray]:
-    """Draw one defect of ``kind`` on the part; returns the image and the defect's mask (bool)."""
+    """Paint one defect of ``kind`` on the part; returns the image and the defect's mask (bool, on the part)."""
     size = image.size[0]
     cx, cy, radius = geometry
-    mask = Image.new("L", image.size, 0)
-    draw, mdraw = ImageDraw.Draw(image), ImageDraw.Draw(mask)
+    shape = Image.new("L", image.size, 0)
+    draw = ImageDraw.Draw(shape)
     angle = rng.uniform(0, 2 * np.pi)
-    r = radius * rng.uniform(0.5, 0.85)
-    px, py = cx + r * np.cos(angle), cy + r * np.sin(angle)
-    if kind == "scratch":
-        dx, dy = rng.normal(0, size * 0.12, 2)
-        width = max(1, size // 64)
-        draw.line([(px, py), (px + dx, py + dy)], fill=(40, 40, 45), width=width)
-        mdraw.line([(px, py), (px + dx, py + dy)], fill=255, width=width)
-    elif kind == "stain":
-        s = size * rng.uniform(0.04, 0.08)
-        stain = Image.new("RGB", image.size, tuple(int(c) for c in rng.integers(120, 200, 3)))
-        blob = Image.new("L", image.size, 0)
-        ImageDraw.Draw(blob).ellipse([px - s, py - s * 0.7, px + s, py + s * 0.7], fill=200)
-        image.paste(stain, (0, 0), blob.filter(ImageFilter.GaussianBlur(1)))
-        mdraw.ellipse([px - s, py - s * 0.7, px + s, py + s * 0.7], fill=255)
-    else:  # chip: a bite out of the rim, showing the background
-        ex, ey = cx + radius * np.cos(angle), cy + radius * np.sin(angle)
-        s = size * rng.uniform(0.05, 0.08)
-        draw.ellipse([ex - s, ey - s, ex + s, ey + s], fill=(225, 225, 225))
-        yy, xx = np.mgrid[0:size, 0:size]
-        on_part = np.hypot(xx - cx, yy - cy) <= radius
-        bite = np.hypot(xx - ex, yy - ey) <= s
-        return image, bite & on_part
-    return image, np.asarray(mask) > 0
+    if kind == "chip":  # a bite out of the outer rim, showing the background
+        ex, ey, s = cx + radius * np.cos(angle), cy + radius * np.sin(angle), size * rng.uniform(0.06, 0.09)
+        draw.ellipse([ex - s, ey - s, ex + s, ey + s], fill=255)
+        colour = np.array([225, 225, 225])
+    else:
+        r = radius * rng.uniform(0.5, 0.85)
+        px, py = cx + r * np.cos(angle), cy + r * np.sin(angle)
+        if kind == "scratch":  # a dark line
+            dx, dy = rng.normal(0, size * 0.15, 2)
+            draw.line([(px, py), (px + dx, py + dy)], fill=255, width=max(2, size // 48))
+            colour = np.array([35, 35, 40])
+        else:  # stain: a rust-coloured blotch
+            s = size * rng.uniform(0.06, 0.1)
+            draw.ellipse([px - s, py - s * 0.7, px + s, py + s * 0.7], fill=255)
+            colour = rng.integers([140, 60, 20], [200, 110, 60])
+    mask = (np.asarray(shape) > 0) & _on_part(size, geometry)
+    pixels = np.array(image)
+    pixels[mask] = colour
+    return Image.fromarray(pixels), mask
+
+
+def _on_part(size: int, geometry: tuple[float, float, float]) -> np.ndarray:
+    """bool (size, size): the disc of the part (hole included)."""
+    cx, cy, radius = geometry
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.hypot(xx - cx, yy - cy) <= radius
 
 
 def write_demo_category(root: Path, *, size: int, seed: int) -> Path:
