@@ -35,6 +35,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default=str(REPO / "configs/mobilenet_v2_tf.yaml"))
     p.add_argument("--runs", default=str(REPO / "runs/bench_bottle"))
     p.add_argument("--name", default="bottle", help="results file stem in benchmarks/results")
+    p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
     p.add_argument("--resume", action="store_true", help="resume a seed whose run folder holds a checkpoint")
     p.add_argument("--extra", default="", help="more flags for prnad train, e.g. '--iterations 300 --device cuda'")
     return p.parse_args(argv)
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{args.name}.json"
     data = json.loads(json_path.read_text()) if json_path.is_file() else {"category": Path(args.data).name, "runs": {}}
+    if args.report_only:
+        write_markdown(json_path.with_suffix(".md"), data)
+        return
     for seed in args.seeds:
         data["runs"][str(seed)] = run_seed(args, seed)
         data["runs"] = dict(sorted(data["runs"].items(), key=lambda kv: int(kv[0])))
