@@ -1,8 +1,11 @@
+import ast
+import typing
 from pathlib import Path
 
 import pytest
 
-from prnad.config import RunConfig, build_config, from_dict, load_yaml, to_dict
+from prnad.config import EncoderConfig, RunConfig, build_config, from_dict, load_yaml, to_dict
+from prnad.encoders import INPUT_NORMS
 from prnad.errors import ConfigError
 
 
@@ -36,6 +39,8 @@ def test_unknown_top_level_section_is_rejected():
         ({"synth": {"ea_opacity": [0.6, 0.2]}}, "synth.ea_opacity"),
         ({"train": {"lr": "fast"}}, "train.lr"),
         ({"data": {"seen_anomalies": True}}, "data.seen_anomalies"),
+        ({"model": {"encoder": {"input_norm": "caffe"}}}, "model.encoder.input_norm"),
+        ({"model": {"encoder": {"tf_same_padding": "yes"}}}, "model.encoder.tf_same_padding"),
     ],
 )
 def test_bad_values_raise_naming_the_key(values, key):
@@ -71,3 +76,49 @@ def test_repository_configs_load():
     repo = Path(__file__).resolve().parents[1]
     for path in sorted((repo / "configs").glob("*.yaml")):
         build_config(load_yaml(path))
+
+
+# ------------------------------------------------------------------------------------------------ encoder
+
+
+def test_input_norm_choices_are_auto_and_the_tables_norms():
+    hints = typing.get_type_hints(EncoderConfig)
+    assert typing.get_args(hints["input_norm"]) == ("auto", *INPUT_NORMS)
+
+
+def test_encoder_defaults_leave_normalisation_and_padding_to_the_table():
+    config = EncoderConfig()
+    assert (config.backbone, config.weights, config.input_norm, config.tf_same_padding) == (
+        "resnet18",
+        "imagenet",
+        "auto",
+        None,
+    )
+
+
+def test_the_tf_entry_has_no_download_and_says_to_pass_the_file():
+    with pytest.raises(ConfigError, match=r"model\.encoder\.weights.*mobilenet_v2_tf.*--backbone-weights PATH"):
+        build_config({"model": {"encoder": {"backbone": "mobilenet_v2_tf"}}})
+    build_config({"model": {"encoder": {"backbone": "mobilenet_v2_tf", "weights": "some.pth"}}})
+
+
+def test_old_checkpoint_encoder_configs_still_load_and_round_trip():
+    old = {"backbone": "mobilenet_v2", "weights": "x.pth", "input_norm": "tf", "tf_same_padding": True}
+    config = build_config({"model": {"encoder": old}})
+    assert (config.model.encoder.input_norm, config.model.encoder.tf_same_padding) == ("tf", True)
+    assert from_dict(RunConfig, to_dict(config)) == config
+    auto = build_config({"model": {"encoder": {"tf_same_padding": None}}})
+    assert to_dict(auto)["model"]["encoder"]["tf_same_padding"] is None
+    assert from_dict(RunConfig, to_dict(auto)) == auto
+
+
+def test_config_and_the_encoder_table_import_nothing_under_prnad_model():
+    """prnad.model imports prnad.config, so config (and the table it validates against) must not import back;
+    the table names torchvision builders instead of importing torch, so it stays cheap to import."""
+    src = Path(__file__).resolve().parents[1] / "src" / "prnad"
+    for name in ("config.py", "encoders.py"):
+        tree = ast.parse((src / name).read_text())
+        imported = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)]
+        heavy = [m for m in imported if m.split(".")[0] in ("torch", "torchvision") or m.startswith("prnad.model")]
+        assert heavy == [], f"{name} imports {heavy} at module level"

@@ -6,10 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prnad.config import EncoderConfig, LossConfig, ModelConfig
+from prnad.config import EncoderConfig, LossConfig, ModelConfig, RunConfig, from_dict, to_dict
+from prnad.encoders import ENCODERS
+from prnad.errors import CheckpointError
 from prnad.model import build_encoder, build_prn, prn_loss
 from prnad.model.attention import MSABlock, MSAStack, _merge, _partition, window_attention
 from prnad.model.decoder import Decoder
+from prnad.model.encoder import Conv2dTFSame, check_weights_source
 from prnad.model.fusion import MultiScaleFusion
 from prnad.model.loss import focal_loss
 from prnad.model.prn import fused_for_inference, topk_score
@@ -38,22 +41,32 @@ def _model(backbone: str = "resnet18", size: int = 64, **model_kw) -> torch.nn.M
 # ------------------------------------------------------------------------------------------------ encoder
 
 
+SLOW_ENCODERS = {"wide_resnet50_2"}  # 69 M parameters: seconds to build on a 2-core CPU
+
+
 @pytest.mark.parametrize(
-    ("backbone", "channels"), [("resnet18", (64, 128, 256, 512)), ("mobilenet_v2", (24, 32, 96, 320))]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ENCODERS else n for n in ENCODERS]
 )
-def test_encoder_declared_channels_and_strides_match_outputs(backbone, channels):
-    encoder = build_encoder(EncoderConfig(backbone=backbone, weights="random"))
-    assert encoder.channels == channels
+def test_every_table_encoder_gives_its_declared_channels_and_strides(name):
+    spec = ENCODERS[name]
+    encoder = build_encoder(EncoderConfig(backbone=name, weights="random"))
+    assert (encoder.channels, encoder.reductions) == (spec.channels, spec.reductions)
     outputs = encoder(torch.rand(2, 3, 128, 128))
-    for out, c, r in zip(outputs, encoder.channels, encoder.reductions, strict=True):
+    assert len(outputs) == 4
+    for out, c, r in zip(outputs, spec.channels, spec.reductions, strict=True):
         assert out.shape == (2, c, 128 // r, 128 // r)
         assert torch.isfinite(out).all()
+    assert not any(p.requires_grad for p in encoder.parameters())
 
 
-@pytest.mark.slow
-def test_wide_resnet_channels():
-    encoder = build_encoder(EncoderConfig(backbone="wide_resnet50_2", weights="random"))
-    assert encoder.channels == (256, 512, 1024, 2048)
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_table_entries_name_real_torchvision_builders_and_weights(name):
+    import torchvision
+
+    spec = ENCODERS[name]
+    assert spec.torchvision_name in torchvision.models.list_models()
+    if spec.download is not None:  # resolving the enum downloads nothing
+        assert torchvision.models.get_weight(spec.download).meta["num_params"] > 0
 
 
 def test_encoder_stays_in_eval_mode_and_frozen():
@@ -68,6 +81,29 @@ def test_normalisation_lives_in_the_model_as_non_persistent_buffers():
     encoder = build_encoder(EncoderConfig(backbone="mobilenet_v2", weights="random", input_norm="tf"))
     assert torch.allclose(encoder.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
     assert "mean" not in encoder.state_dict()
+
+
+def _has_tf_padding(encoder: torch.nn.Module) -> bool:
+    return any(isinstance(m, Conv2dTFSame) for m in encoder.modules())
+
+
+@pytest.mark.parametrize(
+    ("backbone", "input_norm", "tf_same_padding", "mean", "tf_padding"),
+    [
+        ("mobilenet_v2", "auto", None, 0.485, False),  # the table's torchvision entry
+        ("mobilenet_v2_tf", "auto", None, 0.5, True),  # the table's TF-converted entry
+        ("mobilenet_v2", "tf", True, 0.5, True),  # explicit values override the table
+        ("mobilenet_v2_tf", "imagenet", False, 0.485, False),
+        ("resnet18", "auto", True, 0.485, True),
+    ],
+)
+def test_auto_takes_the_table_entry_and_explicit_values_override_it(
+    backbone, input_norm, tf_same_padding, mean, tf_padding
+):
+    config = EncoderConfig(backbone=backbone, weights="random", input_norm=input_norm, tf_same_padding=tf_same_padding)
+    encoder = build_encoder(config)
+    assert encoder.mean.flatten()[0].item() == pytest.approx(mean)
+    assert _has_tf_padding(encoder) == tf_padding
 
 
 def test_batchnorm_folding_keeps_the_maps():
@@ -89,8 +125,6 @@ def test_batchnorm_folding_keeps_the_maps():
 
 
 def test_tf_same_padding_pads_bottom_right_only():
-    from prnad.model.encoder import Conv2dTFSame
-
     conv = Conv2dTFSame(1, 1, 3, stride=2, bias=False)
     torch.nn.init.ones_(conv.weight)
     x = torch.arange(16.0).view(1, 1, 4, 4)
@@ -100,8 +134,6 @@ def test_tf_same_padding_pads_bottom_right_only():
 
 
 def test_weights_file_errors_name_the_file(tmp_path):
-    from prnad.errors import CheckpointError
-
     with pytest.raises(CheckpointError, match="missing.pth"):
         build_encoder(EncoderConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
     wrong = tmp_path / "wrong.pth"
@@ -112,17 +144,86 @@ def test_weights_file_errors_name_the_file(tmp_path):
     garbage.write_bytes(b"not a state dict")
     with pytest.raises(CheckpointError, match="garbage.pth"):
         build_encoder(EncoderConfig(backbone="resnet18", weights=str(garbage)))
+    for path in (tmp_path / "missing.pth", wrong, garbage):  # the early check, before any data is read
+        with pytest.raises(CheckpointError, match=path.name):
+            check_weights_source(EncoderConfig(backbone="resnet18", weights=str(path)))
 
 
-def test_local_weights_file_is_loaded(tmp_path):
+def _weights_file(path, backbone: str, *, folded: bool) -> str:
+    """A random torchvision classifier saved to ``path``; BatchNorm statistics at 0 / 1 as TFLite leaves them
+    (``folded``), else random as after training in PyTorch."""
     import torchvision
 
     torch.manual_seed(3)
-    reference = torchvision.models.resnet18()
-    path = tmp_path / "r18.pth"
-    torch.save(reference.state_dict(), path)
-    encoder = build_encoder(EncoderConfig(backbone="resnet18", weights=str(path), fold_batchnorm=False))
-    assert torch.equal(encoder.stages[0][0].weight, reference.conv1.weight)
+    model = torchvision.models.get_model(backbone)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and folded:
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    path = _weights_file(tmp_path / "r18.pth", "resnet18", folded=False)
+    encoder = build_encoder(EncoderConfig(backbone="resnet18", weights=path, fold_batchnorm=False))
+    assert torch.equal(encoder.stages[0][0].weight, torch.load(path)["conv1.weight"])
+
+
+def test_tf_converted_file_with_auto_norm_is_refused_naming_the_file_and_the_ways_out(tmp_path):
+    path = _weights_file(tmp_path / "tf_like.pth", "mobilenet_v2", folded=True)
+    for config in (
+        EncoderConfig(backbone="mobilenet_v2", weights=path),
+        EncoderConfig(backbone="mobilenet_v2", weights=path, input_norm="tf"),  # padding still left to the table
+    ):
+        for check in (build_encoder, check_weights_source):
+            with pytest.raises(CheckpointError, match=r"tf_like\.pth: every BatchNorm has running_mean exactly 0") as e:
+                check(config)
+            assert "--backbone mobilenet_v2_tf" in str(e.value)
+            assert "model.encoder.input_norm and model.encoder.tf_same_padding explicitly" in str(e.value)
+
+
+def test_tf_converted_file_runs_as_the_tf_entry_or_with_explicit_settings(tmp_path):
+    path = _weights_file(tmp_path / "tf_like.pth", "mobilenet_v2", folded=True)
+    as_entry = build_encoder(EncoderConfig(backbone="mobilenet_v2_tf", weights=path))
+    explicit = build_encoder(
+        EncoderConfig(backbone="mobilenet_v2", weights=path, input_norm="tf", tf_same_padding=True)
+    )
+    x = torch.rand(1, 3, 64, 64)
+    for a, b in zip(as_entry(x), explicit(x), strict=True):
+        assert torch.equal(a, b)
+    assert _has_tf_padding(as_entry)
+    check_weights_source(EncoderConfig(backbone="mobilenet_v2_tf", weights=path))
+
+
+def test_pytorch_trained_file_is_refused_by_the_tf_entry(tmp_path):
+    path = _weights_file(tmp_path / "torch_like.pth", "mobilenet_v2", folded=False)
+    with pytest.raises(CheckpointError, match=r"torch_like\.pth: its BatchNorms hold trained") as e:
+        build_encoder(EncoderConfig(backbone="mobilenet_v2_tf", weights=path))
+    assert "--backbone mobilenet_v2 " in str(e.value)
+    build_encoder(EncoderConfig(backbone="mobilenet_v2", weights=path))
+    build_encoder(EncoderConfig(backbone="mobilenet_v2_tf", weights=path, input_norm="tf", tf_same_padding=True))
+
+
+def test_old_checkpoint_config_with_explicit_tf_settings_still_loads(tmp_path):
+    from prnad.checkpoint import load_checkpoint, save_checkpoint
+
+    old = {"backbone": "mobilenet_v2", "weights": "random", "input_norm": "tf", "tf_same_padding": True}
+    config = from_dict(RunConfig, {"model": {"encoder": old, "decoder_channels": [16, 16, 8]}})
+    encoder = build_encoder(config.model.encoder)
+    shapes = zip(encoder.channels[:3], encoder.reductions[:3], strict=True)
+    prototypes = [torch.randn(2, c, 64 // r, 64 // r) for c, r in shapes]
+    model = build_prn(config.model, prototypes=prototypes, encoder=encoder).eval()
+    path = save_checkpoint(tmp_path / "old.safetensors", model=model, config=config, iteration=1)
+    loaded = load_checkpoint(path)
+    assert to_dict(loaded.config)["model"]["encoder"] == {**old, "fold_batchnorm": True}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x).logits, model(x).logits)
+    assert _has_tf_padding(loaded.model.encoder)
 
 
 # ------------------------------------------------------------------------------------------------ prototypes

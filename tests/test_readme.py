@@ -45,3 +45,10 @@ def test_readme_commands_run(tiny_category: Path, textures: Path, tmp_path: Path
             argv += ["--backbone-weights", "random"]
         argv += FAST[argv[0]] if argv[0] != "train" or "--iterations" not in argv else []
         assert main(argv) == 0, line
+
+
+def test_readme_states_the_size_of_the_fault_suite():
+    source = (README.parent / "tests" / "test_faults.py").read_text()
+    count = len(re.findall(r"^def test_", source, flags=re.M))
+    stated = re.search(r"The fault suite \(`tests/test_faults.py`\) holds (\d+) cases", README.read_text())
+    assert stated is not None and int(stated.group(1)) == count

@@ -11,24 +11,50 @@ from safetensors.torch import load_file
 
 from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import SynthConfig, build_config
-from prnad.errors import CheckpointError
+from prnad.errors import CheckpointError, ConfigError, TrainingError
 from prnad.training import trainer
-from prnad.training.sampler import AnomalyStream, TrainingPool, batch_kinds, kind_fractions
+from prnad.training.sampler import KINDS, AnomalyStream, TrainingPool, batch_kinds, batch_offset, kind_fractions
 from tests.conftest import tiny_overrides
 
 
 def test_default_batch_mix_is_half_normal_quarter_seen_quarter_simulated():
-    kinds = batch_kinds(kind_fractions(SynthConfig(), n_seen=10), 16)
-    assert kinds.count("normal") == 8
-    assert kinds.count("seen") + kinds.count("ea") == 4
-    assert kinds.count("hea") + kinds.count("hoa") == 4
+    fractions = kind_fractions(SynthConfig(), n_seen=10)
+    for offset in (0.0, 0.3, 0.999):
+        kinds = batch_kinds(fractions, 16, offset)
+        assert [kinds.count(k) for k in KINDS] == [8, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("batch_size", range(1, 17))
+def test_every_kind_gets_its_share_at_any_batch_size(batch_size):
+    """Before the fix, batch 4 had no EA and no HOA at all; now each kind is floor/ceil of B * share per batch
+    and its share over the stream converges to the configured one."""
+    fractions = kind_fractions(SynthConfig(), n_seen=10)
+    batches = 4000 // batch_size
+    counts = dict.fromkeys(KINDS, 0)
+    for b in range(batches):
+        kinds = batch_kinds(fractions, batch_size, batch_offset(0, b))
+        for kind in KINDS:
+            n = kinds.count(kind)
+            assert np.floor(batch_size * fractions[kind]) <= n <= np.ceil(batch_size * fractions[kind])
+            counts[kind] += n
+    for kind in KINDS:
+        assert counts[kind] > 0
+        assert abs(counts[kind] / (batches * batch_size) - fractions[kind]) < 0.02, (kind, counts)
+
+
+def test_stream_kinds_follow_the_batch_offsets():
+    pool = _pool()
+    stream = AnomalyStream(pool, SynthConfig(), seed=5, batch_size=4, start=0, stop=4 * 50)
+    seen = {stream.kind_at(b, p) for b in range(50) for p in range(4)}
+    assert seen == set(KINDS)
+    assert stream.kind_at(7, 2) == batch_kinds(stream.fractions, 4, batch_offset(5, 7))[2]
 
 
 def test_without_seen_anomalies_the_anomalous_half_is_simulated():
     fractions = kind_fractions(SynthConfig(), n_seen=0)
     assert fractions["seen"] == fractions["ea"] == 0.0
     assert fractions["hea"] == fractions["hoa"] == 0.25
-    with pytest.raises(ValueError, match="hea_weight or hoa_weight"):
+    with pytest.raises(ConfigError, match="hea_weight"):
         kind_fractions(SynthConfig(hea_weight=0.0, hoa_weight=0.0), n_seen=0)
 
 
@@ -49,9 +75,8 @@ def test_stream_items_are_a_function_of_seed_and_index():
     image, mask = a[5]
     assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
     assert image.min() >= 0.0 and image.max() <= 1.0
-    kinds = a.kinds
     for i in range(8):
-        assert (a[i][1].sum() > 0) == (kinds[i] != "normal")
+        assert (a[i][1].sum() > 0) == (a.kind_at(0, i) != "normal")
     c = AnomalyStream(pool, SynthConfig(), seed=4, batch_size=8, start=0, stop=16)
     assert any(not torch.equal(a[i][0], c[i][0]) for i in range(8))
 
@@ -98,13 +123,11 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_category, tm
 
 
 def test_resume_refuses_another_config_and_a_missing_checkpoint(tiny_category, tmp_path):
-    from prnad.errors import DataError
-
     config = build_config(tiny_overrides(tiny_category))
-    with pytest.raises(DataError, match="nothing to resume"):
+    with pytest.raises(TrainingError, match="nothing to resume"):
         trainer.train(config, tmp_path / "none", resume=True, progress=False)
     trainer.train(config, tmp_path / "run", progress=False)
-    with pytest.raises(DataError, match="another config"):
+    with pytest.raises(ConfigError, match="another config"):
         trainer.train(
             build_config(tiny_overrides(tiny_category, lr=0.1)), tmp_path / "run", resume=True, progress=False
         )

@@ -1,3 +1,28 @@
-"""prnad: industrial anomaly detection and localisation with Prototypical Residual Networks (CVPR 2023)."""
+"""prnad: industrial anomaly detection and localisation with Prototypical Residual Networks (CVPR 2023).
 
-__version__ = "0.1.0"
+>>> import prnad
+>>> sorted(name for name in prnad.__all__ if name[0].islower())
+['demo', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
+"""
+
+from prnad._version import __version__
+from prnad.api import Detector, Prediction, demo, load, make_config, predict_folder, synth_preview, train
+from prnad.errors import CheckpointError, ConfigError, DataError, InferenceError, PrnadError, TrainingError
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "Detector",
+    "InferenceError",
+    "Prediction",
+    "PrnadError",
+    "TrainingError",
+    "__version__",
+    "demo",
+    "load",
+    "make_config",
+    "predict_folder",
+    "synth_preview",
+    "train",
+]

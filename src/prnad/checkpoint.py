@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from prnad import __version__
+from prnad._version import __version__
 from prnad.config import RunConfig, from_dict, to_dict
-from prnad.errors import CheckpointError
+from prnad.errors import CheckpointError, ConfigError
 from prnad.model import PRN, build_encoder, build_prn
 from prnad.model.encoder import load_strict
 
@@ -102,7 +102,10 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {exc})") from exc
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a prnad checkpoint (format {header.get('format')!r})")
-    if int(header.get("format_version", -1)) > FORMAT_VERSION:
+    version = header.get("format_version", "")
+    if not version.isdigit():
+        raise CheckpointError(f"{path}: checkpoint header has no valid format_version ({version!r})")
+    if int(version) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {header['format_version']} is newer than this prnad ({FORMAT_VERSION}); upgrade prnad"
         )
@@ -113,7 +116,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """Rebuild the model from the file alone (no encoder download) and load every tensor strictly."""
     path = Path(path)
     header, tensors = _read(path)
-    config = from_dict(RunConfig, json.loads(header["config"]))
+    config = _header_config(header, path)
     state = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     prototypes = [state.get(f"prototypes_{i}") for i in range(3)]
     if any(p is None for p in prototypes):
@@ -126,7 +129,21 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return Checkpoint(
         model=model.to(map_location),
         config=config,
-        iteration=int(header["iteration"]),
+        iteration=int(header.get("iteration", 0)),
         info=json.loads(header.get("info", "{}")),
         optimizer_state=_optimizer_state(optim_tensors, optim_meta) if optim_meta else None,
     )
+
+
+def _header_config(header: dict[str, str], path: Path) -> RunConfig:
+    """The run config stored in the header; a missing, unparsable or stale one is an error naming the file."""
+    if "config" not in header:
+        raise CheckpointError(f"{path}: checkpoint has no config in its header; it cannot be rebuilt")
+    try:
+        return from_dict(RunConfig, json.loads(header["config"]))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the config in its header is not valid JSON ({exc})") from exc
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{path}: its config does not fit this prnad {__version__} (written by another version?): {exc}"
+        ) from exc

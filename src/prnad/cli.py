@@ -1,4 +1,8 @@
-"""The ``prnad`` command line: train, evaluate, predict, synth, demo. Thin: it fills configs and calls the library."""
+"""The ``prnad`` command line: train, evaluate, predict, synth, demo.
+
+Thin: it turns flags into the arguments of :mod:`prnad.api` and prints what comes back. Exit status: 0 done;
+1 ``predict`` scored some inputs but not all (each failure is reported); 2 a user error, with its message.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,25 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from prnad import __version__
-from prnad.config import RunConfig, build_config, load_yaml
+from prnad import api
+from prnad._version import __version__
+from prnad.config import BACKBONES
 from prnad.errors import PrnadError
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", help="encoder: resnet18 (default), wide_resnet50_2, mobilenet_v2")
+    p.add_argument("--backbone", choices=BACKBONES, help="encoder (default resnet18); see README, Encoder weights")
     p.add_argument("--backbone-weights", help="imagenet (download when online), random, or a local state-dict file")
-    p.add_argument("--input-norm", choices=["imagenet", "tf"], help="input normalisation the weights expect")
     p.add_argument(
-        "--tf-same-padding", action="store_true", default=None, help="TensorFlow SAME padding (TF-converted weights)"
+        "--input-norm", choices=["auto", "imagenet", "tf"], help="input normalisation (default auto: the encoder's own)"
+    )
+    p.add_argument(
+        "--tf-same-padding",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TensorFlow SAME padding on or off (default: the encoder's own)",
     )
 
 
@@ -45,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="category folder: train/good, test/<type>, ground_truth/<type>")
     p.add_argument("--out", required=True, help="run folder for checkpoints and results")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that the --out folder holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_flags(p)
 
@@ -67,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by prnad train")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--out", required=True, help="folder for <name>.npy maps, <name>_heatmap.png and scores.csv")
+    p.add_argument("--batch-size", type=int, default=16, help="images read and scored at a time (default 16)")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("demo", help="make a small synthetic category, train on it, evaluate (offline, CPU)")
@@ -77,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=int, default=None, help="resolution (default 128 for the demo)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--keep", action="store_true", help="refuse to replace an earlier demo run in --out")
     p.add_argument("--no-progress", action="store_true")
     _add_model_flags(p)
     return parser
@@ -109,41 +121,38 @@ FLAG_KEYS = {
 }
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then ``base``, then the YAML file given by --config, then explicit flags."""
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values that flags set explicitly, as a nested dict (flags left out set nothing)."""
     flags: dict[str, Any] = {}
     for attr, key in FLAG_KEYS.items():
         _set(flags, key, getattr(args, attr, None))
-    layers = [base or {}]
-    if getattr(args, "config", None):
-        layers.append(load_yaml(args.config))
-    return build_config(*layers, flags)
+    return flags
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from prnad.training import train
-
-    config = config_from_args(args)
-    if not config.data.root:
-        raise PrnadError("train: give the category folder with --data (or data.root in --config)")
-    path = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"trained model written to {path}")
+    api.train(
+        None,
+        args.out,
+        config=args.config,
+        overrides=overrides_from_args(args),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(f"trained model written to {args.out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from prnad.evaluate import evaluate_run, format_table
-
-    result = evaluate_run(args.run, data_root=args.data, save_maps_dir=args.save_maps, device=args.device)
-    print(format_table(result))
-    print(f"metrics written to {Path(args.run) / 'metrics.json'}")
+    detector = api.load(args.run, device=args.device)
+    result = detector.evaluate(args.data, save_maps=args.save_maps)
+    print(api.format_table(result))
+    print(f"metrics written to {detector.run_dir / 'metrics.json'}")
     return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from prnad.synth_preview import write_preview
-
-    path = write_preview(
+    path = api.synth_preview(
         args.data,
         args.out,
         textures=args.textures,
@@ -157,18 +166,31 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from prnad.predict import predict_images
-
-    for path, score in predict_images(args.run, args.images, args.out, device=args.device):
-        print(f"{score:.4f}  {path}")
+    detector = api.load(args.run, device=args.device)
+    failed = 0
+    for result in api.predict_folder(detector, args.images, args.out, batch_size=args.batch_size):
+        if result.ok:
+            print(f"{result.score:.4f}  {result.source}")
+        else:
+            failed += 1
+            print(f"prnad predict: error: {result.error}", file=sys.stderr)
     print(f"maps, heatmaps and scores.csv written to {args.out}")
-    return 0
+    if failed:
+        print(f"prnad predict: {failed} input(s) could not be scored (see scores.csv)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from prnad.demo import run_demo
-
-    result = run_demo(args)
+    result = api.demo(
+        args.out,
+        seed=args.seed,
+        iterations=args.iterations,
+        image_size=args.image_size,
+        device=args.device,
+        overrides=overrides_from_args(args),
+        overwrite=not args.keep,
+        progress=not args.no_progress,
+    )
     print(json.dumps(result["metrics"]))
     return 0
 

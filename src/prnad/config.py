@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from prnad.encoders import ENCODERS, INPUT_NORMS
 from prnad.errors import ConfigError
 
-BACKBONES = ("resnet18", "wide_resnet50_2", "mobilenet_v2")
+BACKBONES = tuple(ENCODERS)  # the encoder table's names (prnad/encoders.py)
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -60,12 +61,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The frozen, pretrained feature extractor. The input normalisation belongs to the weights."""
+    """The frozen, pretrained feature extractor (an entry of :data:`prnad.encoders.ENCODERS`).
 
-    backbone: str = "resnet18"
-    weights: str = "imagenet"  # "imagenet" (torchvision's, downloaded when online), "random", or a file path
-    input_norm: Literal["imagenet", "tf"] = "imagenet"  # tf: [-1, 1] input, as TensorFlow-trained weights expect
-    tf_same_padding: bool = False  # TensorFlow "SAME" padding for stride-2 convs (TF-converted weights)
+    The input normalisation and padding belong to the weights, so by default they come from the table entry
+    of ``backbone``; an explicit value overrides the table. When ``weights`` is a file and either is left to
+    the table, the file is checked against the entry (``prnad.model.encoder.resolve_encoder``).
+    """
+
+    backbone: str = "resnet18"  # a name in prnad.encoders.ENCODERS
+    weights: str = "imagenet"  # "imagenet" (the entry's download, when online), "random", or a file path
+    input_norm: Literal["auto", "imagenet", "tf"] = "auto"  # auto: the entry's; tf: [-1, 1] input
+    tf_same_padding: bool | None = None  # TensorFlow "SAME" padding for stride-2 convs; None: the entry's
     fold_batchnorm: bool = True  # fold the frozen encoder's BatchNorms into its convs: same maps, faster
 
     def __post_init__(self) -> None:
@@ -74,12 +80,20 @@ class EncoderConfig:
             "model.encoder.backbone",
             f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}",
         )
+        norms = ("auto", *INPUT_NORMS)
         _check(
-            self.input_norm in ("imagenet", "tf"),
+            self.input_norm in norms,
             "model.encoder.input_norm",
-            f"must be imagenet or tf, got {self.input_norm!r}",
+            f"must be one of {', '.join(norms)}, got {self.input_norm!r}",
         )
         _check(bool(self.weights), "model.encoder.weights", "must be imagenet, random or a file path")
+        spec = ENCODERS[self.backbone]
+        _check(
+            self.weights != "imagenet" or spec.download is not None,
+            "model.encoder.weights",
+            f"{self.backbone} has no downloadable weights ({spec.weights_source}); pass the file as "
+            "model.encoder.weights (--backbone-weights PATH)",
+        )
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,15 @@ class TrainConfig:
         _check(self.warmup >= 0, "train.warmup", "must be >= 0")
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _check(_is_device_name(self.device), "train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def _is_device_name(name: str) -> bool:
+    """auto, cpu, mps, cuda or cuda:N (whether the device is present is checked when it is used)."""
+    if name in ("auto", "cpu", "mps", "cuda"):
+        return True
+    kind, _, index = name.partition(":")
+    return kind == "cuda" and index.isdigit()
 
 
 @dataclass(frozen=True)
@@ -207,6 +230,14 @@ class RunConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        simulated = self.synth.hea_weight + self.synth.hoa_weight
+        _check(
+            self.data.seen_anomalies > 0 or simulated > 0,
+            "synth.hea_weight",
+            "with data.seen_anomalies 0, hea_weight or hoa_weight must be > 0 (no anomaly kind would be left)",
+        )
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

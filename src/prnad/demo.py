@@ -7,15 +7,15 @@ their masks: scratches (thin dark lines), stains (soft coloured blobs) and chips
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from prnad.config import RunConfig
-from prnad.evaluate import evaluate_run, format_table
+from prnad.config import RunConfig, build_config
+from prnad.evaluate import format_table
+from prnad.inference import Detector
 
 DEMO_COUNTS = {"train": 60, "good": 12, "scratch": 8, "stain": 8, "chip": 8}
 DEMO_DEFAULTS = {"image_size": 128, "iterations": 300, "batch_size": 8, "seen_anomalies": 6, "lr": 1e-3}
@@ -98,41 +98,56 @@ def write_demo_category(root: Path, *, size: int, seed: int) -> Path:
     return root
 
 
-def demo_config(args: argparse.Namespace, data_root: Path) -> RunConfig:
-    """The demo's config: small and fast; flags given on the command line win."""
-    from prnad.cli import config_from_args
-
+def demo_config(
+    data_root: Path, *, seed: int, iterations: int | None, image_size: int | None, device: str, overrides: dict | None
+) -> RunConfig:
+    """The demo's config: small and fast; ``overrides`` (a nested dict, e.g. from CLI flags) win."""
     base = {
         "data": {
             "root": str(data_root),
-            "image_size": args.image_size or DEMO_DEFAULTS["image_size"],
+            "image_size": image_size or DEMO_DEFAULTS["image_size"],
             "seen_anomalies": DEMO_DEFAULTS["seen_anomalies"],
         },
         "model": {"encoder": {"weights": "random"}},
         "train": {
-            "iterations": DEMO_DEFAULTS["iterations"],
+            "iterations": iterations or DEMO_DEFAULTS["iterations"],
             "batch_size": DEMO_DEFAULTS["batch_size"],
-            "seed": args.seed,
+            "lr": DEMO_DEFAULTS["lr"],
+            "seed": seed,
             "checkpoint_every": 100,
+            "device": device,
         },
     }
-    return config_from_args(args, base)
+    return build_config(base, overrides or {})
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Make the data, train, evaluate; print progress and the metrics table. Returns evaluate's result."""
+def run_demo(
+    out: Path,
+    *,
+    seed: int = 0,
+    iterations: int | None = None,
+    image_size: int | None = None,
+    device: str = "auto",
+    overrides: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Make the data, train, evaluate; print progress and the metrics table. Returns the evaluation result."""
     from prnad.training import train
 
-    out = Path(args.out)
-    size = args.image_size or DEMO_DEFAULTS["image_size"]
-    data_root = write_demo_category(out / "data" / "washer", size=size, seed=args.seed)
+    size = image_size or DEMO_DEFAULTS["image_size"]
+    data_root = out / "data" / "washer"
+    config = demo_config(
+        data_root, seed=seed, iterations=iterations, image_size=size, device=device, overrides=overrides
+    )  # checked before anything is written
+    write_demo_category(data_root, size=size, seed=seed)
     print(f"demo data written to {data_root}")
-    config = demo_config(args, data_root)
     weights = config.model.encoder.weights
     print(
         f"training {config.model.encoder.backbone} PRN ({weights} encoder weights) for {config.train.iterations} steps ..."
     )
-    train(config, out / "run", progress=not args.no_progress)
-    result = evaluate_run(out / "run", save_maps_dir=out / "run" / "maps", device=config.train.device)
+    train(config, out / "run", overwrite=overwrite, progress=progress)
+    detector = Detector.from_run(out / "run", device=config.train.device)
+    result = detector.evaluate(save_maps=out / "run" / "maps")
     print(format_table(result))
     return result

@@ -15,3 +15,11 @@ class DataError(PrnadError, ValueError):
 
 class CheckpointError(PrnadError, ValueError):
     """A checkpoint or weights file is missing, truncated, or does not match."""
+
+
+class TrainingError(PrnadError, RuntimeError):
+    """Training cannot go on: the loss became NaN or infinite, or the run folder is in the way."""
+
+
+class InferenceError(PrnadError, RuntimeError):
+    """A model produced unusable output (NaN or infinite maps)."""

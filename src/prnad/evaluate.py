@@ -1,13 +1,18 @@
-"""Evaluation of a trained run on its category's test split (seen anomalies removed), at the training size.
+"""Evaluation of a trained model on a category's test split, with the run's seen anomalies removed.
 
-Inference is timed per image at batch 1 from a tensor on the device to the anomaly map (prototype
-matching included, image decoding excluded), after warm-up passes that are not counted.
+The held-out test set is the category's test split minus the run's seen anomalies, matched by their
+path relative to the category root (always, also for another data folder), and no test image may be a
+byte-for-byte copy of a seen anomaly. Pixel metrics are computed on the logits: they rank pixels exactly
+as the sigmoid would in exact arithmetic, without the ties of float32 saturation (sigmoid(x) == 1.0 for
+x above about 16.6). Inference is timed per image at batch 1 from a tensor on the device to the map
+(prototype matching included, image decoding excluded), after warm-up passes that are not counted.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,16 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from prnad import __version__
-from prnad.checkpoint import load_checkpoint
-from prnad.config import to_dict
-from prnad.data import Sample, load_samples, scan_category, split_seen_anomalies
-from prnad.errors import DataError
+from prnad._version import __version__
+from prnad.config import RunConfig, to_dict
+from prnad.data import Category, Sample, file_sha256, load_samples, relative_paths, scan_category, split_seen_anomalies
+from prnad.errors import DataError, InferenceError
 from prnad.metrics import compute_metrics
 from prnad.model import PRN
-from prnad.model.prn import fused_for_inference
-from prnad.training import RunPaths
-from prnad.utils import device_name, resolve_device
+from prnad.utils import device_name
 
 WARMUP = 5
 METRIC_NAMES = {
@@ -39,11 +41,22 @@ METRIC_NAMES = {
 
 @dataclass
 class Predictions:
-    """Per test image: score (N,), anomaly map (N, S, S) float32, and forward times in ms (N,)."""
+    """Per test image: score (N,) float64, logits (N, S, S) float32, sigmoid maps (N, S, S) float32,
+    forward times in ms (N,)."""
 
     scores: np.ndarray
+    logits: np.ndarray
     maps: np.ndarray
     ms: np.ndarray
+
+
+def check_finite(logits: torch.Tensor, what: str) -> None:
+    """Raise :class:`InferenceError` when a model's output holds NaN or infinity (a diverged model)."""
+    finite = torch.isfinite(logits)
+    if not finite.all():
+        raise InferenceError(
+            f"{what} produced {int((~finite).sum())} NaN or infinite map values; the model is unusable (retrain it)"
+        )
 
 
 def _sync(device: torch.device) -> None:
@@ -52,13 +65,13 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def predict(model: PRN, images: np.ndarray, device: torch.device) -> Predictions:
-    """Run ``model`` on (N, S, S, 3) uint8 images one at a time, timing each forward."""
+def timed_predictions(model: PRN, images: np.ndarray, device: torch.device) -> Predictions:
+    """Run ``model`` on (N, S, S, 3) uint8 images one at a time, timing each forward after warm-up."""
     model.eval()
     tensors = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
     for _ in range(WARMUP):
         model(tensors[:1].to(device).float().div(255))
-    scores, maps, ms = [], [], []
+    scores, logits, maps, ms = [], [], [], []
     for x in tensors:
         x = x[None].to(device).float().div(255)  # (1, 3, S, S)
         _sync(device)
@@ -67,27 +80,56 @@ def predict(model: PRN, images: np.ndarray, device: torch.device) -> Predictions
         _sync(device)
         ms.append((time.perf_counter() - start) * 1000)
         scores.append(float(out.score[0]))
+        logits.append(out.logits[0, 0].float().cpu().numpy())
         maps.append(out.anomaly_map[0, 0].float().cpu().numpy())
-    return Predictions(np.array(scores), np.stack(maps).astype(np.float32), np.array(ms))
+    return Predictions(np.array(scores), np.stack(logits), np.stack(maps), np.array(ms))
 
 
-def held_out_test_set(
-    root: Path, seen_anomalies: int, seed: int, expected_seen: list[str] | None
-) -> tuple[Sample, ...]:
-    """The test samples left after removing the run's seen anomalies; checks they are the ones it trained on."""
-    category = scan_category(root)
-    seen, test = split_seen_anomalies(category.test, seen_anomalies, seed)
-    got = [str(s.path.relative_to(category.root)) for s in seen]
-    if expected_seen is not None and sorted(got) != sorted(expected_seen):
-        raise DataError(
-            f"{root}: the seen anomalies of seed {seed} differ from those the run trained on; the data changed"
-        )
-    if not test:
-        raise DataError(f"{root}: no test images left after removing {seen_anomalies} seen anomalies")
+def _check_no_copies(test: tuple[Sample, ...], seen_sha256: dict[str, str], root: Path) -> None:
+    """No test image may be a byte-for-byte copy of a seen anomaly (renamed or moved)."""
+    trained_on = {digest: rel for rel, digest in seen_sha256.items()}
+    for sample in test:
+        if sample.label == 1 and (rel := trained_on.get(file_sha256(sample.path))) is not None:
+            raise DataError(
+                f"{sample.path}: is a copy of the seen anomaly {rel} the run trained on; it cannot be evaluated"
+            )
+
+
+def _check_both_classes(test: tuple[Sample, ...], root: Path) -> None:
+    labels = {s.label for s in test}
+    if 0 not in labels:
+        raise DataError(f"{root / 'test' / 'good'}: no normal test images; evaluation needs test/good")
+    if 1 not in labels:
+        raise DataError(f"{root / 'test'}: no defect images left to evaluate once the run's seen anomalies are removed")
+
+
+def held_out_test_set(root: Path, config: RunConfig, info: dict[str, Any], *, own_data: bool) -> tuple[Sample, ...]:
+    """The test samples of ``root`` minus the run's seen anomalies (by relative path), checked.
+
+    ``own_data``: ``root`` is the folder the run trained on, so its split for the run's seed must give
+    exactly the recorded seen anomalies; otherwise the data changed since training.
+    """
+    recorded = info.get("seen_anomalies")
+    if recorded is None:
+        raise DataError("the run records no seen anomalies (a checkpoint of an older prnad?); cannot hold them out")
+    category: Category = scan_category(root)
+    if own_data:
+        seen, _ = split_seen_anomalies(category.test, config.data.seen_anomalies, config.train.seed)
+        if sorted(relative_paths(seen, category.root)) != sorted(recorded):
+            raise DataError(
+                f"{root}: the seen anomalies of seed {config.train.seed} differ from those the run trained on; "
+                "the data changed since training"
+            )
+    excluded = set(recorded)
+    test = tuple(
+        s for s, rel in zip(category.test, relative_paths(category.test, root), strict=True) if rel not in excluded
+    )
+    _check_no_copies(test, info.get("seen_sha256", {}), root)
+    _check_both_classes(test, root)
     return test
 
 
-def save_maps(out_dir: Path, test: tuple[Sample, ...], root: Path, preds: Predictions) -> None:
+def write_maps(out_dir: Path, test: tuple[Sample, ...], root: Path, preds: Predictions) -> None:
     """Write each map as float32 .npy at its image's path relative to test/, and scores.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -95,57 +137,81 @@ def save_maps(out_dir: Path, test: tuple[Sample, ...], root: Path, preds: Predic
         rel = sample.path.relative_to(root / "test").with_suffix(".npy")
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         np.save(out_dir / rel, amap.astype(np.float32))
-        rows.append((str(sample.path.relative_to(root / "test")), sample.label, f"{score:.6f}"))
+        rows.append((sample.path.relative_to(root / "test").as_posix(), sample.label, f"{score:.6f}"))
     with (out_dir / "scores.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "score"])
         writer.writerows(rows)
 
 
-def evaluate_run(
-    run_dir: str | Path,
+def per_type_metrics(test: tuple[Sample, ...], preds: Predictions, masks: np.ndarray) -> dict[str, dict]:
+    """The four metrics per defect type, each type's images against all normal test images."""
+    labels = np.array([s.label for s in test])
+    out = {}
+    for defect in sorted({s.defect_type for s in test if s.label == 1}):
+        keep = np.array([s.label == 0 or s.defect_type == defect for s in test])
+        metrics = compute_metrics(preds.scores[keep], labels[keep], preds.logits[keep], masks[keep])
+        out[defect] = {"images": int(np.sum(keep & (labels == 1))), **_rounded(metrics)}
+    return out
+
+
+def _rounded(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 4) for k, v in metrics.items()}
+
+
+def evaluate_model(
+    model: PRN,
+    config: RunConfig,
+    info: dict[str, Any],
     *,
-    data_root: str | Path | None = None,
-    save_maps_dir: str | Path | None = None,
-    device: str = "auto",
+    device: torch.device,
+    data: str | Path | None = None,
+    save_maps: str | Path | None = None,
+    name: str = "the model",
 ) -> dict[str, Any]:
-    """Evaluate the run in ``run_dir``; writes ``metrics.json`` there and returns its content."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.model.is_file():
-        hint = " (training did not finish: resume it with prnad train --resume)" if paths.checkpoint.is_file() else ""
-        raise DataError(f"{paths.model}: no trained model in {paths.root}{hint}")
-    torch_device = resolve_device(device)
-    ckpt = load_checkpoint(paths.model, map_location=torch_device)
-    config = ckpt.config
-    root = Path(data_root or config.data.root)
-    expected = ckpt.info.get("seen_anomalies") if data_root is None else None
-    test = held_out_test_set(root, config.data.seen_anomalies, config.train.seed, expected)
+    """Evaluate an inference-ready ``model`` (see :class:`prnad.Detector`); returns metrics.json's content.
+
+    ``name`` says which model it is in error messages (its checkpoint file).
+    """
+    root = Path(data or config.data.root)
+    own_data = data is None or Path(data).resolve() == Path(config.data.root).resolve()
+    test = held_out_test_set(root, config, info, own_data=own_data)
     images, masks = load_samples(test, config.data.image_size)
     labels = np.array([s.label for s in test])
-    preds = predict(fused_for_inference(ckpt.model), images, torch_device)
-    metrics = compute_metrics(preds.scores, labels, preds.maps, masks)
-    if save_maps_dir is not None:
-        save_maps(Path(save_maps_dir), test, root, preds)
-    result = {
-        "metrics": metrics,
+    preds = timed_predictions(model, images, device)
+    check_finite(torch.from_numpy(preds.logits), name)
+    metrics = compute_metrics(preds.scores, labels, preds.logits, masks)
+    if save_maps is not None:
+        write_maps(Path(save_maps), test, root, preds)
+    return {
+        "metrics": _rounded(metrics),
+        "per_type": per_type_metrics(test, preds, masks),
         "inference_ms_per_image": round(float(np.mean(preds.ms)), 2),
         "inference_ms_median": round(float(statistics.median(preds.ms)), 2),
-        "device": device_name(torch_device),
+        "device": device_name(device),
         "test_images": len(test),
         "test_anomalous": int(labels.sum()),
         "seed": config.train.seed,
         "encoder": {"backbone": config.model.encoder.backbone, "weights": config.model.encoder.weights},
         "data": str(root),
-        "train_info": ckpt.info,
+        "train_info": info,
         "config": to_dict(config),
         "prnad_version": __version__,
     }
-    (paths.root / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
+
+
+def write_metrics(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the metrics ({exc.strerror or exc})") from exc
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The metrics as a small text table, in percent."""
+    """The metrics as a small text table, in percent, then one line per defect type."""
     lines = [f"{'metric':<16}{'value':>8}", "-" * 24]
     for key, name in METRIC_NAMES.items():
         value = result["metrics"][key]
@@ -154,4 +220,12 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"test images: {result['test_images']} ({result['test_anomalous']} anomalous), device: {result['device']}"
     )
+    if result.get("per_type"):
+        lines.append(f"{'defect type':<24}{'images':>7}{'I-AUROC':>9}{'P-AUROC':>9}{'PRO':>7}{'AP':>7}")
+        for defect, m in result["per_type"].items():
+            cells = "".join(
+                f"{'n/a' if m[k] is None else f'{m[k]:.1f}':>{w}}"
+                for k, w in (("image_auroc", 9), ("pixel_auroc", 9), ("pro", 7), ("pixel_ap", 7))
+            )
+            lines.append(f"{defect:<24}{m['images']:>7}{cells}")
     return "\n".join(lines)

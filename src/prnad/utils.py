@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prnad.errors import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch once per entry point (model initialisation draws from torch)."""
@@ -21,9 +23,14 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r}: not a device name (expected auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

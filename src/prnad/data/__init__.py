@@ -1,10 +1,13 @@
 """Data: image and mask reading, MVTec AD category folders and the seen-anomaly protocol split."""
 
-from prnad.data.images import IMAGE_SUFFIXES, list_images, read_mask, read_rgb
+from prnad.data.images import IMAGE_SUFFIXES, list_images, read_mask, read_rgb, read_rgb_full, to_rgb
 from prnad.data.mvtec import (
     Category,
     Sample,
+    file_sha256,
+    held_out_split,
     load_samples,
+    relative_paths,
     scan_category,
     split_seen_anomalies,
     write_tiny_category,
@@ -14,11 +17,16 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Category",
     "Sample",
+    "file_sha256",
+    "held_out_split",
     "list_images",
     "load_samples",
     "read_mask",
     "read_rgb",
+    "read_rgb_full",
+    "relative_paths",
     "scan_category",
     "split_seen_anomalies",
+    "to_rgb",
     "write_tiny_category",
 ]

@@ -22,6 +22,8 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 def _open_decoded(path: Path, mode: str) -> Image.Image:
     """Open `path`, decode all of it and convert to `mode`; any failure is a DataError naming the file."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder with no images in it, not an image file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -46,8 +48,17 @@ def read_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.asarray(resized, dtype=np.uint8).copy(), original_wh
 
 
-def read_mask(path: Path, size: int, expected_wh: tuple[int, int]) -> np.ndarray:
-    """Read a mask as grey, check it is `expected_wh` (its image's size), resize with NEAREST, return `> 0`."""
+def read_rgb_full(path: Path) -> np.ndarray:
+    """Read an image as RGB uint8 (H, W, 3) at its own size (for overlays); errors name the file."""
+    return np.asarray(_open_decoded(Path(path), "RGB"), dtype=np.uint8).copy()
+
+
+def read_mask(path: Path, size: int, expected_wh: tuple[int, int], *, require_defect: bool = False) -> np.ndarray:
+    """Read a mask as grey, check it is `expected_wh` (its image's size), resize with NEAREST, return `> 0`.
+
+    With `require_defect` (the mask of a defect image), an all-zero mask is an error: it would count the
+    image as anomalous with no anomalous pixel, silently.
+    """
     path = Path(path)
     im = _open_decoded(path, "L")
     if tuple(im.size) != tuple(expected_wh):
@@ -55,6 +66,8 @@ def read_mask(path: Path, size: int, expected_wh: tuple[int, int]) -> np.ndarray
             f"{path}: mask is {im.size[0]}x{im.size[1]} but its image is {expected_wh[0]}x{expected_wh[1]} "
             "(width x height); a mask must have its image's size"
         )
+    if require_defect and im.getbbox() is None:
+        raise DataError(f"{path}: the mask of a defect image is all zero (no defect pixel marked)")
     resized = im.resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(resized) > 0
 
@@ -67,3 +80,38 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def image_from_array(array: np.ndarray, name: str) -> Image.Image:
+    """A PIL RGB image from an (H, W, 3) or (H, W) array: uint8, or float in [0, 1]; errors name ``name``."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # RGBA: the alpha channel is not part of the picture
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))) or min(array.shape[:2]) < 1:
+        raise DataError(f"{name}: expected an (H, W, 3) RGB or (H, W) grey array, got shape {array.shape}")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise DataError(f"{name}: a float image must hold values in [0, 1]")
+        array = np.round(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise DataError(f"{name}: expected a uint8 image (or float in [0, 1]), got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def to_rgb(image: Image.Image | np.ndarray | str | Path, size: int, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Any supported image input as uint8 (size, size, 3) resized with BILINEAR, and its original (width, height).
+
+    Paths are read with :func:`read_rgb`; PIL images and arrays are converted the same way (grey and RGBA to RGB).
+    """
+    if isinstance(image, str | Path):
+        return read_rgb(Path(image), size)
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    elif isinstance(image, np.ndarray):
+        image = image_from_array(image, name)
+    else:
+        raise DataError(f"{name}: expected a path, a PIL image or an array, got {type(image).__name__}")
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8).copy(), image.size

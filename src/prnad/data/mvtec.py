@@ -15,6 +15,7 @@ at least one image.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,6 +165,35 @@ def split_seen_anomalies(test: Sequence[Sample], n: int, seed: int) -> tuple[tup
     return seen, tuple(s for s in test if s.path not in seen_paths)
 
 
+def relative_paths(samples: Sequence[Sample], root: Path) -> list[str]:
+    """Each sample's path relative to the category root, as a POSIX string (what runs record)."""
+    return [s.path.relative_to(root).as_posix() for s in samples]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes: recognises a seen anomaly copied under another name."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def held_out_split(category: Category, n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """:func:`split_seen_anomalies`, then check that the test split left keeps both classes for evaluation."""
+    seen, test = split_seen_anomalies(category.test, n, seed)
+    labels = {s.label for s in test}
+    if 0 not in labels:
+        raise DataError(f"{category.root / 'test' / NORMAL}: no normal test images; evaluation needs test/good")
+    if 1 not in labels:
+        total = sum(s.label for s in category.test)
+        raise DataError(
+            f"{category.root / 'test'}: no defect image is left to evaluate after moving {n} of its {total} defect "
+            f"images to training; use fewer seen anomalies (--seen-anomalies, below {total})"
+        )
+    return seen, test
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 
@@ -178,7 +208,7 @@ def load_samples(samples: Sequence[Sample], size: int) -> tuple[np.ndarray, np.n
     def load_one(i: int) -> None:
         images[i], original_wh = read_rgb(samples[i].path, size)
         if samples[i].mask_path is not None:
-            masks[i] = read_mask(samples[i].mask_path, size, original_wh)
+            masks[i] = read_mask(samples[i].mask_path, size, original_wh, require_defect=samples[i].label == 1)
 
     pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS)
     try:

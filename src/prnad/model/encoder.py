@@ -1,11 +1,16 @@
 """The frozen, pretrained encoder: multi-scale feature maps at strides 4, 8, 16 and 32.
 
+What each encoder is (architecture, stages, channels, the normalisation and padding its weights need) lives
+in the table ``prnad.encoders.ENCODERS``; this module builds it, loads and checks its weights, and resolves
+the config's ``auto`` values against the table (:func:`resolve_encoder`).
+
 Shape letters: B batch, C channels, H/W height/width, S image side.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,18 +20,18 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision import models
 
 from prnad.config import EncoderConfig
+from prnad.encoders import ENCODERS, INPUT_NORMS, EncoderSpec
 from prnad.errors import CheckpointError
 
-# Input normalisation belongs to the weights: torchvision's ImageNet weights expect ImageNet mean/std,
-# TensorFlow-trained weights (../shared/weights) expect [-1, 1].
-INPUT_NORMS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
 
-# torchvision constructor, its ImageNet weights enum, and the slices that end at strides 4, 8, 16, 32.
-_RESNET_TAPS = ("layer1", "layer2", "layer3", "layer4")
-_MOBILENET_TAPS = ((0, 4), (4, 7), (7, 14), (14, 18))
+@dataclass(frozen=True)
+class ResolvedEncoder:
+    """An :class:`EncoderConfig` with its table entry, and ``auto`` values replaced by the entry's."""
+
+    spec: EncoderSpec
+    mean: tuple[float, float, float]  # per RGB channel, on images in [0, 1]
+    std: tuple[float, float, float]
+    tf_same_padding: bool
 
 
 class Conv2dTFSame(nn.Conv2d):
@@ -80,38 +85,31 @@ def fold_batchnorm(module: nn.Module) -> None:
         fold_batchnorm(child)
 
 
-def _torchvision_model(backbone: str, weights: str) -> nn.Module:
-    """The full torchvision classifier, with ImageNet weights downloaded when ``weights == "imagenet"``."""
-    constructors = {
-        "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
-        "wide_resnet50_2": (models.wide_resnet50_2, models.Wide_ResNet50_2_Weights.IMAGENET1K_V1),
-        "mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1),
-    }
-    constructor, imagenet = constructors[backbone]
-    if weights == "imagenet":
+def _is_file(weights: str) -> bool:
+    """Whether an ``EncoderConfig.weights`` value names a file (not ``imagenet`` or ``random``)."""
+    return weights not in ("imagenet", "random")
+
+
+def _torchvision_model(spec: EncoderSpec, weights: str) -> nn.Module:
+    """The full torchvision classifier of ``spec``: downloaded weights, random ones, or a file's."""
+    if weights == "imagenet":  # EncoderConfig allows it only for entries with a download
         try:
-            return constructor(weights=imagenet)
+            return models.get_model(spec.torchvision_name, weights=models.get_weight(spec.download))
         except Exception as exc:  # no network, blocked hub, corrupt cache
             raise CheckpointError(
-                f"cannot download {backbone} ImageNet weights ({exc}); offline, pass --backbone-weights PATH "
+                f"cannot download {spec.name} ImageNet weights ({exc}); offline, pass --backbone-weights PATH "
                 "to a local state-dict file"
             ) from exc
-    model = constructor(weights=None)
-    if weights != "random":
+    model = models.get_model(spec.torchvision_name, weights=None)
+    if _is_file(weights):
         load_state_dict_file(model, Path(weights))
     return model
-
-
-def check_weights_source(config: EncoderConfig) -> None:
-    """Fail early (before any data is read) when the weights are a file that is not there."""
-    if config.weights not in ("imagenet", "random") and not Path(config.weights).is_file():
-        raise CheckpointError(f"{config.weights}: encoder weights file not found (expected imagenet, random or a file)")
 
 
 def load_state_dict_file(model: nn.Module, path: Path) -> None:
     """Load a state dict (``.pth``/``.pt`` or ``.safetensors``) strictly, with errors naming the file."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: encoder weights file not found")
+        raise CheckpointError(f"{path}: encoder weights file not found (weights are imagenet, random or a file)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -143,43 +141,129 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, *,
         raise CheckpointError(f"{path}: does not hold {what}: {exc}") from exc
 
 
-def _stages(backbone: str, model: nn.Module) -> nn.ModuleList:
-    """Split a classifier into four sequential stages ending at strides 4, 8, 16, 32."""
-    if backbone == "mobilenet_v2":
-        return nn.ModuleList(model.features[a:b] for a, b in _MOBILENET_TAPS)
-    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1)
-    return nn.ModuleList([stem, model.layer2, model.layer3, model.layer4])
+def batchnorm_folded(model: nn.Module) -> bool:
+    """True when every BatchNorm2d has running_mean exactly 0 and running_var exactly 1.
 
-
-class Encoder(nn.Module):
-    """Frozen feature extractor; always in eval mode, so BatchNorm statistics never drift.
-
-    Input: RGB in [0, 1], (B, 3, S, S). Output: four maps (B, C_i, S/r_i, S/r_i) with r = 4, 8, 16, 32.
-    The first three are PRN's scales; the last feeds the decoder's bottom.
+    That is how TFLite-converted weights look (TFLite folds BatchNorm into the convs) and how untrained
+    ones look; weights trained in PyTorch never do.
     """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return all(bool((m.running_mean == 0).all() and (m.running_var == 1).all()) for m in norms)
 
-    def __init__(self, *, stages: nn.ModuleList, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+
+def _signature_error(spec: EncoderSpec, path: str, folded: bool) -> CheckpointError:
+    """The error for a weights file whose BatchNorm statistics contradict ``spec``, with the ways out."""
+    seen = (
+        "every BatchNorm has running_mean exactly 0 and running_var exactly 1, as in TensorFlow-converted "
+        "weights (TFLite folds BatchNorm into the convs)"
+        if folded
+        else "its BatchNorms hold trained running statistics, as in weights trained in PyTorch"
+    )
+    expected = "TensorFlow-converted" if spec.batchnorm_folded else "PyTorch-trained"
+    ways = [
+        f"use --backbone {other.name} (model.encoder.backbone)"
+        for other in ENCODERS.values()
+        if other.torchvision_name == spec.torchvision_name and other.batchnorm_folded == folded
+    ]
+    ways.append(
+        "set model.encoder.input_norm and model.encoder.tf_same_padding explicitly (--input-norm, "
+        "--tf-same-padding) to run this file with them"
+    )
+    way_out = ", or ".join(ways)
+    return CheckpointError(
+        f"{path}: {seen}, but encoder {spec.name} expects {expected} weights (input_norm {spec.input_norm}, "
+        f"tf_same_padding {str(spec.tf_same_padding).lower()}). {way_out[0].upper()}{way_out[1:]}."
+    )
+
+
+def resolve_encoder(config: EncoderConfig, classifier: nn.Module) -> ResolvedEncoder:
+    """Replace ``config``'s auto values by its table entry's, after checking a weights file against the entry.
+
+    ``classifier`` is the torchvision model with ``config.weights`` loaded. When those weights are a file and
+    ``input_norm`` or ``tf_same_padding`` is left to the table, the file's BatchNorm statistics must show
+    the kind of weights the entry expects (:func:`batchnorm_folded` against ``spec.batchnorm_folded``), else
+    :class:`CheckpointError`: a file must not run with another normalisation unless the config says so.
+    """
+    spec = ENCODERS[config.backbone]
+    left_to_table = config.input_norm == "auto" or config.tf_same_padding is None
+    if left_to_table and _is_file(config.weights):
+        folded = batchnorm_folded(classifier)
+        if folded != spec.batchnorm_folded:
+            raise _signature_error(spec, config.weights, folded)
+    mean, std = INPUT_NORMS[spec.input_norm if config.input_norm == "auto" else config.input_norm]
+    tf_same = spec.tf_same_padding if config.tf_same_padding is None else config.tf_same_padding
+    return ResolvedEncoder(spec=spec, mean=mean, std=std, tf_same_padding=tf_same)
+
+
+def _load(config: EncoderConfig) -> tuple[nn.Module, ResolvedEncoder]:
+    """The torchvision classifier with ``config``'s weights and padding, and ``config`` resolved against it."""
+    classifier = _torchvision_model(ENCODERS[config.backbone], config.weights)
+    resolved = resolve_encoder(config, classifier)
+    if resolved.tf_same_padding:
+        _to_tf_same(classifier)
+    return classifier, resolved
+
+
+def check_weights_source(config: EncoderConfig) -> None:
+    """Fail early (before any data is read) when the weights are a file that is missing, does not hold the
+    backbone's weights, or contradicts the normalisation left to the table. Downloads are not tried here."""
+    if _is_file(config.weights):
+        _load(config)
+
+
+class _Frozen(nn.Module):
+    """Base of the frozen models: the weights' normalisation as non-persistent buffers, always in eval mode."""
+
+    def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
-        self.stages = stages
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def _freeze(self) -> None:
+        """Call once the submodules are set: no gradients, eval mode."""
         self.requires_grad_(False)
         self.eval()
-        self.channels = self._probe_channels()
-        self.reductions = (4, 8, 16, 32)
 
-    def train(self, mode: bool = True) -> Encoder:
-        """Stay in eval mode whatever the caller asks: the encoder is frozen."""
+    def train(self, mode: bool = True) -> _Frozen:
+        """Stay in eval mode whatever the caller asks: BatchNorm statistics never drift."""
         return super().train(False)
 
-    def _probe_channels(self) -> tuple[int, ...]:
-        with torch.no_grad():
-            return tuple(f.shape[1] for f in self(torch.zeros(1, 3, 64, 64)))
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1], (B, 3, H, W) -> what the weights expect, same shape."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        x = (images - self.mean) / self.std
+        return (images - self.mean) / self.std
+
+
+class Encoder(_Frozen):
+    """Frozen feature extractor; always in eval mode, so BatchNorm statistics never drift.
+
+    Input: RGB in [0, 1], (B, 3, S, S). Output: four maps (B, C_i, S/r_i, S/r_i) with C = ``channels`` and
+    r = ``reductions`` (4, 8, 16, 32), as the encoder table declares them. The first three are PRN's scales;
+    the last feeds the decoder's bottom.
+    """
+
+    def __init__(
+        self,
+        *,
+        stages: nn.ModuleList,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        channels: tuple[int, ...],
+        reductions: tuple[int, ...],
+    ) -> None:
+        super().__init__(mean=mean, std=std)
+        if not len(stages) == len(channels) == len(reductions):
+            raise ValueError(
+                f"got {len(stages)} stages, {len(channels)} channels and {len(reductions)} reductions; need as many"
+            )
+        self.stages = stages
+        self.channels = tuple(channels)
+        self.reductions = tuple(reductions)
+        self._freeze()
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = self._normalise(images)
         features = []
         for stage in self.stages:
             x = stage(x)
@@ -187,21 +271,37 @@ class Encoder(nn.Module):
         return features
 
 
+class Classifier(_Frozen):
+    """The whole torchvision classifier behind an encoder, with its normalisation; used to verify weights.
+
+    Input: RGB in [0, 1], (B, 3, S, S). Output: logits (B, 1000). Frozen and in eval mode, like the encoder.
+    """
+
+    def __init__(self, *, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__(mean=mean, std=std)
+        self.model = model
+        self._freeze()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self._normalise(images))
+
+
 def build_encoder(config: EncoderConfig) -> Encoder:
-    """Build the frozen encoder that ``config`` describes (weights loaded, normalisation set)."""
-    model = _torchvision_model(config.backbone, config.weights)
-    if config.tf_same_padding:
-        _to_tf_same(model)
-    stages = _stages(config.backbone, model)
+    """Build the frozen encoder that ``config`` describes (weights loaded and checked, normalisation set)."""
+    classifier, resolved = _load(config)
+    stages = nn.ModuleList(resolved.spec.cut(classifier))
     if config.fold_batchnorm:
         fold_batchnorm(stages)
-    mean, std = INPUT_NORMS[config.input_norm]
-    return Encoder(stages=stages, mean=mean, std=std)
+    return Encoder(
+        stages=stages,
+        mean=resolved.mean,
+        std=resolved.std,
+        channels=resolved.spec.channels,
+        reductions=resolved.spec.reductions,
+    )
 
 
-def build_classifier(config: EncoderConfig) -> nn.Module:
-    """The whole torchvision classifier with the encoder's weights and padding (used to verify weights)."""
-    model = _torchvision_model(config.backbone, config.weights)
-    if config.tf_same_padding:
-        _to_tf_same(model)
-    return model.eval()
+def build_classifier(config: EncoderConfig) -> Classifier:
+    """The whole classifier with the encoder's weights, padding and normalisation (used to verify weights)."""
+    classifier, resolved = _load(config)
+    return Classifier(model=classifier, mean=resolved.mean, std=resolved.std)

@@ -21,8 +21,9 @@ from prnad.model.prototypes import nearest_prototype, residual
 class PRNOutput:
     """What PRN returns, in training and in evaluation.
 
-    logits: (B, 1, S, S) pre-sigmoid map; anomaly_map: (B, 1, S, S) sigmoid of it (Mo);
-    score: (B,) image score, the mean of the top-K pixels of anomaly_map.
+    logits: (B, 1, S, S) pre-sigmoid map; anomaly_map: (B, 1, S, S) float32 sigmoid of it (Mo), in [0, 1];
+    score: (B,) float64 image score, the mean of the top-K pixels of Mo, computed from the logits in float64.
+    Pixels that anomaly_map shows as exactly 1.0 (logits above about 16.6) still rank apart by their logits.
     """
 
     logits: torch.Tensor
@@ -30,10 +31,16 @@ class PRNOutput:
     score: torch.Tensor
 
 
-def topk_score(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of the ``k`` largest pixels of each map: (B, 1, S, S) -> (B,)."""
-    flat = anomaly_map.flatten(1)  # (B, S*S)
-    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
+def topk_score(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` largest pixels of sigmoid(logits) per map, in float64: (B, 1, S, S) -> (B,) float64.
+
+    sigmoid is increasing, so the ``k`` largest logits are the ``k`` largest pixels of Mo: only those go
+    through the sigmoid, in float64. A float32 sigmoid rounds to exactly 1.0 above a logit of about 16.6, and
+    strong images would tie at a score of 1.0; float64 keeps them apart up to a logit of about 36.7.
+    """
+    flat = logits.flatten(1)  # (B, S*S)
+    top = flat.topk(min(k, flat.shape[1]), dim=1).values  # (B, k)
+    return torch.sigmoid(top.double()).mean(1)
 
 
 class PRN(nn.Module):
@@ -89,8 +96,7 @@ class PRN(nn.Module):
         attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
         fused = self.output_fusion(attended)
         logits = self.decoder(bottom, fused, images.shape[-2:])  # (B, 1, S, S)
-        anomaly_map = torch.sigmoid(logits)
-        return PRNOutput(logits=logits, anomaly_map=anomaly_map, score=topk_score(anomaly_map, self.topk))
+        return PRNOutput(logits=logits, anomaly_map=torch.sigmoid(logits), score=topk_score(logits, self.topk))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen encoder: what the optimiser sees."""

@@ -54,12 +54,52 @@ def _lloyd(gram: torch.Tensor, weights: torch.Tensor, iterations: int) -> tuple[
     return weights, inertia
 
 
-def kmeans(x: torch.Tensor, k: int, *, restarts: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+# Columns of X converted to float64 at a time: 2^22 elements (32 MiB) bounds the temporary copy, and for
+# N of a few hundred a chunk still holds ten thousand or more columns, so the matmuls stay efficient.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _column_chunks(x: torch.Tensor, chunk_columns: int | None) -> list[slice]:
+    """Slices over the D columns of ``x`` (N, D), ``chunk_columns`` wide (default: CHUNK_ELEMENTS // N)."""
+    width = chunk_columns or max(1, CHUNK_ELEMENTS // x.shape[0])
+    return [slice(a, a + width) for a in range(0, x.shape[1], width)]
+
+
+def gram_matrix(x: torch.Tensor, *, chunk_columns: int | None = None) -> torch.Tensor:
+    """G = X X^T (N, N) in float64, summed over column chunks: no float64 copy of the whole (N, D) ``x``."""
+    gram = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    for cols in _column_chunks(x, chunk_columns):
+        block = x[:, cols].double()  # (N, c)
+        gram.addmm_(block, block.T)
+    return gram
+
+
+def combine_rows(weights: torch.Tensor, x: torch.Tensor, *, chunk_columns: int | None = None) -> torch.Tensor:
+    """Centres W X (K, D) in ``x``'s dtype, computed in float64 one column chunk at a time.
+
+    weights (K, N) float64, x (N, D).
+    """
+    out = torch.empty(weights.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+    for cols in _column_chunks(x, chunk_columns):
+        out[:, cols] = weights @ x[:, cols].double()  # (K, c)
+    return out
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    restarts: int,
+    iterations: int,
+    generator: torch.Generator,
+    chunk_columns: int | None = None,
+) -> torch.Tensor:
     """Cluster rows of ``x`` (N, D) into ``k`` centres (K, D): k-means++ init, best of ``restarts`` runs.
 
     Runs on the Gram matrix (N, N) in float64, so each step costs O(N^2 K) whatever D is: whole feature
-    maps have D in the hundreds of thousands, N only a few hundred. With k == N every row is its own
-    prototype (the paper's 100% point): no clustering.
+    maps have D in the hundreds of thousands, N only a few hundred. The Gram matrix and the final centres
+    are computed ``chunk_columns`` columns at a time (default: 32 MiB of float64), so memory beyond ``x``
+    stays O(N^2 + K D). With k == N every row is its own prototype (the paper's 100% point): no clustering.
     """
     if x.ndim != 2 or x.shape[0] < 1:
         raise ValueError(f"expected a non-empty (N, D) matrix, got {tuple(x.shape)}")
@@ -67,14 +107,13 @@ def kmeans(x: torch.Tensor, k: int, *, restarts: int, iterations: int, generator
         raise ValueError(f"k must be in [1, N={x.shape[0]}], got {k}")
     if k == x.shape[0]:
         return x.clone()
-    x64 = x.double()
-    gram = x64 @ x64.T  # (N, N)
+    gram = gram_matrix(x, chunk_columns=chunk_columns)  # (N, N)
     best, best_inertia = None, float("inf")
     for _ in range(restarts):
         weights, inertia = _lloyd(gram, _kmeans_pp_init(gram, k, generator), iterations)
         if inertia < best_inertia:
             best, best_inertia = weights, inertia
-    return (best @ x64).to(x.dtype)  # (K, D)
+    return combine_rows(best, x, chunk_columns=chunk_columns)  # (K, D)
 
 
 def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

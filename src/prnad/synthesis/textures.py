@@ -35,7 +35,7 @@ def _read_texture(path: Path, size: int) -> np.ndarray:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the file is much larger
             return _square_resized(image, size)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot read texture image ({exc})") from exc
 
 

@@ -1,5 +1,5 @@
 """Training: the anomaly stream and the loop."""
 
-from prnad.training.trainer import MODEL, RunPaths, train
+from prnad.training.trainer import train
 
-__all__ = ["MODEL", "RunPaths", "train"]
+__all__ = ["train"]

@@ -2,8 +2,10 @@
 
 Sample ``i`` of the stream is a pure function of (seed, i): its generator is seeded with both, so a run
 is reproducible, DataLoader workers never repeat each other, and a resumed run sees exactly the samples
-it would have seen. Its kind depends only on its position in the batch, so every batch has the mix
-the config asks for (by default 1/2 normal, 1/8 seen, 1/8 EA, 1/8 HEA, 1/8 HOA).
+it would have seen. Kinds are laid out per batch by systematic sampling: position p of batch b takes the
+kind whose cumulative share covers (u_b + p) / B, with u_b ~ U[0, 1) drawn from (seed, b). Every kind then
+occurs with exactly its configured share in expectation at any batch size B, and in every batch it gets
+floor or ceil of B times its share (by default at B = 16: 8 normal, 2 seen, 2 EA, 2 HEA, 2 HOA, always).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import numpy as np
 import torch
 
 from prnad.config import SynthConfig
+from prnad.errors import ConfigError
 from prnad.synthesis import extended_anomaly, heterologous_anomaly, homologous_anomaly
 
 KINDS = ("normal", "seen", "ea", "hea", "hoa")
+_OFFSET_STREAM = 1  # third seed word: batch offsets never share a generator with a sample
 
 
 @dataclass(frozen=True)
@@ -41,19 +45,30 @@ def kind_fractions(config: SynthConfig, n_seen: int) -> dict[str, float]:
         weights["seen"] = weights["ea"] = 0.0
     total = sum(weights.values())
     if total == 0:
-        raise ValueError("no anomaly kind is left: with 0 seen anomalies, hea_weight or hoa_weight must be > 0")
+        raise ConfigError(
+            "config keys 'synth.hea_weight', 'synth.hoa_weight': with 0 seen anomalies no anomaly kind is left; "
+            "set one of them > 0"
+        )
     anomalous = 1.0 - config.normal_fraction
     fractions = {"normal": config.normal_fraction}
     fractions.update({k: anomalous * w / total for k, w in weights.items()})
     return fractions
 
 
-def batch_kinds(fractions: dict[str, float], batch_size: int) -> tuple[str, ...]:
-    """The kind at each batch position: position p takes the kind whose cumulative share covers (p + 0.5) / B."""
+def batch_kinds(fractions: dict[str, float], batch_size: int, offset: float) -> tuple[str, ...]:
+    """The kind at each batch position by systematic sampling: position p takes the kind whose share interval
+    [e_(k-1), e_k) of the cumulative shares covers (offset + p) / B, for ``offset`` in [0, 1)."""
+    if not 0.0 <= offset < 1.0:
+        raise ValueError(f"offset must be in [0, 1), got {offset}")
     edges = np.cumsum([fractions[k] for k in KINDS])
-    return tuple(
-        KINDS[min(int(np.searchsorted(edges, (p + 0.5) / batch_size)), len(KINDS) - 1)] for p in range(batch_size)
-    )
+    positions = (offset + np.arange(batch_size)) / batch_size
+    index = np.minimum(np.searchsorted(edges, positions, side="right"), len(KINDS) - 1)
+    return tuple(KINDS[i] for i in index)
+
+
+def batch_offset(seed: int, batch: int) -> float:
+    """u_b of batch ``batch``: its own generator, apart from the samples' (seed, i) generators."""
+    return float(np.random.default_rng([seed, batch, _OFFSET_STREAM]).random())
 
 
 class AnomalyStream(torch.utils.data.Dataset):
@@ -63,19 +78,24 @@ class AnomalyStream(torch.utils.data.Dataset):
         self, pool: TrainingPool, config: SynthConfig, *, seed: int, batch_size: int, start: int, stop: int
     ) -> None:
         self.pool, self.config, self.seed = pool, config, seed
-        self.start, self.stop = start, stop
-        self.kinds = batch_kinds(kind_fractions(config, len(pool.seen_images)), batch_size)
+        self.start, self.stop, self.batch_size = start, stop, batch_size
+        self.fractions = kind_fractions(config, len(pool.seen_images))
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = self.start + index
-        rng = np.random.default_rng([self.seed, i])
-        image, mask = self.sample(self.kinds[i % len(self.kinds)], rng)
+        batch, position = divmod(i, self.batch_size)
+        kind = self.kind_at(batch, position)
+        image, mask = self.sample(kind, np.random.default_rng([self.seed, i]))
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)  # (3, S, S)
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]  # (1, S, S)
         return image_t, mask_t
+
+    def kind_at(self, batch: int, position: int) -> str:
+        """The kind of sample ``position`` of batch ``batch`` (a pure function of seed and batch)."""
+        return batch_kinds(self.fractions, self.batch_size, batch_offset(self.seed, batch))[position]
 
     def sample(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One (image (S, S, 3) uint8, mask (S, S) bool) of ``kind``."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +20,17 @@ from tqdm import tqdm
 
 from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, to_dict
-from prnad.data import Category, load_samples, scan_category, split_seen_anomalies
-from prnad.errors import DataError
-from prnad.model import PRN, Encoder, build_encoder, build_prn, prn_loss
+from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_category
+from prnad.errors import ConfigError, DataError, TrainingError
+from prnad.fitting import compute_prototypes
+from prnad.model import PRN, build_encoder, build_prn, prn_loss
 from prnad.model.encoder import check_weights_source
-from prnad.model.prototypes import kmeans, prototype_count
+from prnad.runs import RunPaths
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
-from prnad.training.sampler import AnomalyStream, TrainingPool
+from prnad.training.sampler import AnomalyStream, TrainingPool, kind_fractions
 from prnad.utils import resolve_device, seed_everything
 
-CHECKPOINT = "checkpoint.safetensors"  # periodic, with optimiser state
-MODEL = "model.safetensors"  # final weights, for evaluation and inference
 N_PROCEDURAL_TEXTURES = 64
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Files of a run folder."""
-
-    root: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT
-
-    @property
-    def model(self) -> Path:
-        return self.root / MODEL
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "train_log.jsonl"
 
 
 def build_pool(
@@ -76,42 +52,13 @@ def build_pool(
         "category": category.name,
         "category_type": category_type,
         "n_normal": len(normals),
-        "seen_anomalies": [str(s.path.relative_to(category.root)) for s in seen],
+        "seen_anomalies": relative_paths(seen, category.root),
+        "seen_sha256": {
+            rel: file_sha256(s.path) for rel, s in zip(relative_paths(seen, category.root), seen, strict=True)
+        },
         "textures": config.data.textures or f"procedural ({N_PROCEDURAL_TEXTURES})",
     }
     return pool, info
-
-
-@torch.no_grad()
-def encode_all(encoder: Encoder, images: np.ndarray, device: torch.device, batch_size: int = 16) -> list[torch.Tensor]:
-    """Encoder maps of every image: (N, S, S, 3) uint8 -> 3 x (N, C_i, H_i, W_i) on the CPU."""
-    per_scale: list[list[torch.Tensor]] = [[], [], []]
-    for start in range(0, len(images), batch_size):
-        batch = (
-            torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float().div(255)
-        )  # (b, 3, S, S)
-        for i, f in enumerate(encoder(batch.to(device))[:3]):
-            per_scale[i].append(f.cpu())
-    return [torch.cat(maps) for maps in per_scale]
-
-
-def compute_prototypes(
-    encoder: Encoder, normals: np.ndarray, config: RunConfig, device: torch.device
-) -> list[torch.Tensor]:
-    """K-means prototypes per scale over whole normal feature maps: 3 x (K, C_i, H_i, W_i)."""
-    generator = torch.Generator().manual_seed(config.train.seed)
-    k = prototype_count(len(normals), config.model.prototype_ratio)
-    prototypes = []
-    for maps in encode_all(encoder, normals, device):
-        centres = kmeans(
-            maps.flatten(1),
-            k,
-            restarts=config.model.kmeans_restarts,
-            iterations=config.model.kmeans_iterations,
-            generator=generator,
-        )  # (K, C*H*W)
-        prototypes.append(centres.view(k, *maps.shape[1:]))  # (K, C, H, W)
-    return prototypes
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -125,7 +72,16 @@ def lr_at(step: int, config: RunConfig) -> float:
 
 def _start_fresh(config: RunConfig, pool: TrainingPool, device: torch.device) -> PRN:
     encoder = build_encoder(config.model.encoder).to(device)
-    prototypes = compute_prototypes(encoder, pool.normals, config, device)
+    m = config.model
+    prototypes = compute_prototypes(
+        encoder,
+        pool.normals,
+        ratio=m.prototype_ratio,
+        restarts=m.kmeans_restarts,
+        iterations=m.kmeans_iterations,
+        seed=config.train.seed,
+        device=device,
+    )
     return build_prn(config.model, prototypes=[p.to(device) for p in prototypes], encoder=encoder).to(device)
 
 
@@ -165,32 +121,77 @@ def _step(
     return float(loss.detach())
 
 
-def _load_resume(paths: RunPaths, config: RunConfig, device: torch.device) -> tuple[PRN, int, dict | None]:
+def _load_resume(
+    paths: RunPaths, config: RunConfig, device: torch.device, seen: list[str]
+) -> tuple[PRN, int, dict | None]:
+    """The periodic checkpoint, checked against this config and this data split (by relative path)."""
     if not paths.checkpoint.is_file():
-        raise DataError(f"{paths.checkpoint}: nothing to resume (no checkpoint in {paths.root})")
+        raise TrainingError(f"{paths.checkpoint}: nothing to resume (no checkpoint in {paths.root})")
     ckpt = load_checkpoint(paths.checkpoint, map_location=device)
     if to_dict(ckpt.config) != to_dict(config):
-        raise DataError(f"{paths.checkpoint}: the run was started with another config; resume with the same flags")
+        raise ConfigError(f"{paths.checkpoint}: the run was started with another config; resume with the same flags")
+    recorded = ckpt.info.get("seen_anomalies")
+    if recorded is None or sorted(recorded) != sorted(seen):
+        raise DataError(
+            f"{paths.checkpoint}: the run trained on seen anomalies {recorded}, but {config.data.root} now gives "
+            f"{seen} for seed {config.train.seed}: the data changed, so resuming would mix two splits"
+        )
     return ckpt.model, ckpt.iteration, ckpt.optimizer_state
 
 
-def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train PRN as ``config`` says, writing checkpoints into ``out_dir``; returns the final model's path."""
-    paths = RunPaths(Path(out_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.train.seed)
-    device = resolve_device(config.train.device)
+def _prepare_run_folder(paths: RunPaths, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; make sure the folder is writable before any long work."""
+    if resume and overwrite:
+        raise ConfigError("train: --resume and --overwrite exclude each other")
+    existing = paths.run_files()
+    if existing and not (resume or overwrite):
+        names = ", ".join(p.name for p in existing)
+        raise TrainingError(
+            f"{paths.root}: holds a run already ({names}); continue it with --resume, or replace it with --overwrite"
+        )
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        probe = paths.root / f".prnad-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"{paths.root}: cannot write the run folder ({exc.strerror or exc})") from exc
+    if overwrite:
+        for path in existing:
+            path.unlink()
+
+
+def _validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
+    """Scan the data and check the protocol split and the batch mix, before any long work."""
     check_weights_source(config.model.encoder)
     category = scan_category(config.data.root)
-    seen, _ = split_seen_anomalies(category.test, config.data.seen_anomalies, config.train.seed)
+    seen, _ = held_out_split(category, config.data.seen_anomalies, config.train.seed)
+    kind_fractions(config.synth, len(seen))
+    return category, seen
+
+
+def train(
+    config: RunConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Train PRN as ``config`` says, writing checkpoints into ``out_dir``; returns the final model's path.
+
+    Everything that can be checked (config, devices, weights file, data layout, split, run folder) is
+    checked before the first image is decoded. A folder that holds a run is refused unless ``resume``
+    (continue it) or ``overwrite`` (delete its files first, once every check has passed).
+    """
+    paths = RunPaths(Path(out_dir))
+    device = resolve_device(config.train.device)
+    category, seen = _validated_split(config)
+    _prepare_run_folder(paths, resume=resume, overwrite=overwrite)
+    seed_everything(config.train.seed)
     pool, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     started = time.perf_counter()
     if resume:
-        model, start, optim_state = _load_resume(paths, config, device)
+        model, start, optim_state = _load_resume(paths, config, device, info["seen_anomalies"])
     else:
         model, start, optim_state = _start_fresh(config, pool, device), 0, None
         paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    info["prototype_seconds"] = round(time.perf_counter() - started, 2)
+    info["setup_seconds"] = round(time.perf_counter() - started, 2)  # prototypes, or loading the checkpoint
     optimizer = torch.optim.Adam(
         model.trainable_parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
@@ -198,6 +199,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
         optimizer.load_state_dict(optim_state)
     _loop(model, optimizer, pool, config, paths, start=start, info=info, device=device, progress=progress)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
+    info["resumed_from_iteration"] = start if resume else None
     info["device"] = str(device)
     return save_checkpoint(paths.model, model=model, config=config, iteration=config.train.iterations, info=info)
 
@@ -213,6 +215,11 @@ def _loop(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
             loss = _step(model, optimizer, images.to(device), masks.to(device), config)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"iteration {step + 1}: the loss is {loss}; training diverged (try a lower train.lr). "
+                    f"{paths.checkpoint} keeps the last checkpoint before it, if any"
+                )
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             bar.update(1)
             if (step + 1) % 10 == 0 or step + 1 == t.iterations:

@@ -1,0 +1,180 @@
+"""The Python API: everything a user can do, in a few functions. The CLI and the benchmarks call these.
+
+``prnad.train(data, out, ...)`` trains and returns a :class:`Detector`; ``prnad.load(run)`` loads one;
+``detector.predict(images)`` scores images, ``detector.evaluate(data)`` runs the evaluation protocol.
+The examples in :func:`train` and :func:`load` run as doctests on a tiny category made on the spot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from prnad.config import RunConfig, build_config, load_yaml, merge, to_dict
+from prnad.evaluate import format_table
+from prnad.inference import Detector, Prediction
+from prnad.predict import predict_to_folder
+
+ConfigSource = str | Path | dict | RunConfig | None
+
+__all__ = [
+    "Detector",
+    "Prediction",
+    "demo",
+    "format_table",
+    "load",
+    "make_config",
+    "predict_folder",
+    "synth_preview",
+    "train",
+]
+
+
+def _layer(source: ConfigSource) -> dict[str, Any]:
+    """A config source as a nested dict: a YAML path, a dict, a RunConfig, or nothing."""
+    if source is None:
+        return {}
+    if isinstance(source, RunConfig):
+        return to_dict(source)
+    if isinstance(source, dict):
+        return source
+    return load_yaml(source)
+
+
+def make_config(
+    config: ConfigSource = None,
+    *,
+    data: str | Path | None = None,
+    seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults, then ``config`` (a YAML file, a nested dict or a RunConfig), then ``overrides`` (a nested dict
+    such as ``{"train": {"iterations": 300}}``), then ``data`` and ``seed``. Unknown keys raise ConfigError."""
+    top: dict[str, Any] = {}
+    if data is not None:
+        top = merge(top, {"data": {"root": str(data)}})
+    if seed is not None:
+        top = merge(top, {"train": {"seed": seed}})
+    return build_config(_layer(config), overrides or {}, top)
+
+
+def train(
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    config: ConfigSource = None,
+    seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Detector:
+    """Train PRN on the category folder ``data`` (MVTec AD layout) into the run folder ``out``; returns its Detector.
+
+    ``config``/``overrides``/``seed`` as in :func:`make_config` (``data`` None: the config's ``data.root``).
+    A folder that already holds a run is refused unless ``resume`` or ``overwrite``.
+
+    >>> import tempfile, numpy as np, prnad
+    >>> from prnad.data import write_tiny_category
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> root = write_tiny_category(tmp / "tiny", rng=np.random.default_rng(0), n_train=6)
+    >>> fast = {"data": {"image_size": 64, "seen_anomalies": 2}, "model": {"encoder": {"weights": "random"}},
+    ...         "train": {"iterations": 2, "batch_size": 4, "num_workers": 0}}
+    >>> detector = prnad.train(root, tmp / "run", overrides=fast, seed=0)
+    >>> detector.image_size
+    64
+    """
+    from prnad.training import train as train_run  # training is imported only by who trains
+
+    run_config = make_config(config, data=data, seed=seed, overrides=overrides)
+    if not run_config.data.root:
+        from prnad.errors import ConfigError
+
+        raise ConfigError("train: give the category folder (data, or data.root in the config)")
+    train_run(run_config, out, resume=resume, overwrite=overwrite, progress=progress)
+    return load(out, device=run_config.train.device)
+
+
+def load(run: str | Path, *, device: str = "auto") -> Detector:
+    """Load a trained run folder once, for ``predict`` and ``evaluate``.
+
+    >>> import tempfile, numpy as np, prnad
+    >>> from prnad.data import write_tiny_category
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> root = write_tiny_category(tmp / "tiny", rng=np.random.default_rng(0), n_train=6)
+    >>> fast = {"data": {"image_size": 64, "seen_anomalies": 2}, "model": {"encoder": {"weights": "random"}},
+    ...         "train": {"iterations": 2, "batch_size": 4, "num_workers": 0}}
+    >>> _ = prnad.train(root, tmp / "run", overrides=fast)
+    >>> detector = prnad.load(tmp / "run", device="cpu")
+    >>> result = detector.predict(root / "test" / "good" / "000.png")
+    >>> result.anomaly_map.shape, result.anomaly_map.dtype.name, 0.0 <= result.score <= 1.0
+    ((64, 64), 'float32', True)
+    >>> image = np.zeros((30, 50, 3), dtype=np.uint8)
+    >>> [r.anomaly_map.shape for r in detector.predict([image, image])]
+    [(30, 50), (30, 50)]
+    >>> sorted(detector.evaluate()["metrics"])
+    ['image_auroc', 'pixel_ap', 'pixel_auroc', 'pro']
+    """
+    return Detector.from_run(run, device=device)
+
+
+def demo(
+    out: str | Path = "prnad_demo",
+    *,
+    seed: int = 0,
+    iterations: int | None = None,
+    image_size: int | None = None,
+    device: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write a small synthetic category under ``out``, train on it, evaluate; returns the evaluation result.
+
+    The demo's run lives in ``out/run``; by default an earlier demo there is replaced.
+    """
+    from prnad.demo import run_demo
+
+    return run_demo(
+        Path(out),
+        seed=seed,
+        iterations=iterations,
+        image_size=image_size,
+        device=device,
+        overrides=overrides,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def synth_preview(
+    data: str | Path,
+    out: str | Path = "synth.png",
+    *,
+    textures: str | Path | None = None,
+    seed: int = 0,
+    seen_anomalies: int = 10,
+    image_size: int = 256,
+    category_type: str = "auto",
+) -> Path:
+    """Write one picture of each kind of generated anomaly (EA, HEA, HOA) for the category ``data``."""
+    from prnad.synth_preview import write_preview
+
+    return write_preview(
+        data,
+        out,
+        textures=None if textures is None else str(textures),
+        seed=seed,
+        seen_anomalies=seen_anomalies,
+        image_size=image_size,
+        category_type=category_type,
+    )
+
+
+def predict_folder(
+    run: str | Path | Detector, inputs: Sequence[str | Path], out: str | Path, *, batch_size: int = 16
+) -> Iterator[Prediction]:
+    """Score image files and folders with a run, writing maps, heatmaps and scores.csv into ``out`` (lazily)."""
+    detector = run if isinstance(run, Detector) else load(run)
+    return predict_to_folder(detector, inputs, out, batch_size=batch_size)

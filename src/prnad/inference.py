@@ -1,0 +1,196 @@
+"""Inference: a trained PRN loaded once, run as pre-process, forward, post-process on any image input.
+
+:class:`Detector` is what :func:`prnad.load` and :func:`prnad.train` return. It never imports training.
+Pre-process: RGB, resized to the run's square size S with BILINEAR (as in training). Forward: the
+BatchNorm-folded copy of the model. Post-process: the (S, S) map resized back to the input's own size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from prnad.checkpoint import load_checkpoint
+from prnad.config import RunConfig
+from prnad.data import to_rgb
+from prnad.errors import CheckpointError, PrnadError
+from prnad.evaluate import check_finite, evaluate_model, write_metrics
+from prnad.model import PRN
+from prnad.model.prn import fused_for_inference
+from prnad.runs import RunPaths
+from prnad.utils import resolve_device
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 types)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result.
+
+    score: the image score (mean of the top-K pixels of the map), higher is more anomalous.
+    anomaly_map: float32 (H, W) in [0, 1] at the input image's own size. source: the path, or
+    ``<image i>`` for an in-memory input. error: why this input could not be scored (then score is NaN
+    and anomaly_map None); only set when the caller asked to skip bad inputs.
+    """
+
+    source: str
+    score: float
+    anomaly_map: np.ndarray | None = field(repr=False)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the input was scored."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A decoded input: uint8 (S, S, 3) at the model's size, and the original (width, height)."""
+
+    source: str
+    pixels: np.ndarray
+    size_wh: tuple[int, int]
+
+
+def _source_name(image: ImageInput, index: int) -> str:
+    return str(image) if isinstance(image, str | Path) else f"<image {index}>"
+
+
+def _is_single(images: Any) -> bool:
+    """One image (a path, a PIL image or one (H, W[, C]) array) rather than a collection of them."""
+    if isinstance(images, str | Path | Image.Image):
+        return True
+    return isinstance(images, np.ndarray) and images.ndim in (2, 3)
+
+
+class Detector:
+    """A trained PRN ready for inference: ``predict`` on images, ``evaluate`` on a category folder.
+
+    Build it with :func:`prnad.load` (from a run folder) or :func:`prnad.train`. The model is loaded once,
+    folded for inference and kept on ``device``.
+    """
+
+    def __init__(self, model: PRN, config: RunConfig, *, info: dict[str, Any], run_dir: Path | None, device: str):
+        self.device = resolve_device(device)
+        self.config = config
+        self.info = info
+        self.run_dir = run_dir
+        self.model = fused_for_inference(model).to(self.device).eval()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, device: str = "auto") -> Detector:
+        """Load the final model of a run folder (``model.safetensors``); errors name the file."""
+        paths = RunPaths(Path(run_dir))
+        if not paths.root.is_dir():
+            raise CheckpointError(f"{paths.root}: run folder not found")
+        if not paths.model.is_file():
+            hint = (
+                " (training did not finish: resume it with prnad train --resume)" if paths.checkpoint.is_file() else ""
+            )
+            raise CheckpointError(f"{paths.model}: no trained model in {paths.root}{hint}")
+        torch_device = resolve_device(device)
+        ckpt = load_checkpoint(paths.model, map_location=torch_device)
+        return cls(ckpt.model, ckpt.config, info=ckpt.info, run_dir=paths.root, device=str(torch_device))
+
+    @property
+    def _name(self) -> str:
+        """How errors name this model: its checkpoint file, when it came from a run folder."""
+        return "the model" if self.run_dir is None else str(RunPaths(self.run_dir).model)
+
+    @property
+    def image_size(self) -> int:
+        """The square side S the model sees."""
+        return self.config.data.image_size
+
+    def __repr__(self) -> str:
+        enc = self.config.model.encoder
+        return f"Detector(run={str(self.run_dir)!r}, backbone={enc.backbone!r}, size={self.image_size}, device={self.device})"
+
+    # ---------------------------------------------------------------------------------------------- predict
+
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], *, batch_size: int = 16, skip_errors: bool = False
+    ) -> Prediction | list[Prediction] | Iterator[Prediction]:
+        """Score images.
+
+        One image (a path, a PIL image or an (H, W, 3) uint8 array) gives one :class:`Prediction`; a list,
+        tuple or (N, H, W, 3) array gives a list; any other iterable (a generator, say) gives an iterator
+        that reads and scores ``batch_size`` images at a time, so a long stream is never held in memory.
+        A bad input raises :class:`~prnad.errors.DataError` naming it, unless ``skip_errors``, when its
+        prediction carries the error instead and the others go on.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if _is_single(images):
+            return next(self.predict_iter([images], batch_size=1, skip_errors=False))
+        stream = self.predict_iter(images, batch_size=batch_size, skip_errors=skip_errors)
+        if isinstance(images, list | tuple | np.ndarray):
+            return list(stream)
+        return stream
+
+    def predict_iter(
+        self, images: Iterable[ImageInput], *, batch_size: int = 16, skip_errors: bool = False
+    ) -> Iterator[Prediction]:
+        """Lazily score ``images``, ``batch_size`` at a time, in input order."""
+        for pairs in self._batches(images, batch_size, skip_errors):
+            yield from (prediction for prediction, _ in pairs)
+
+    def _batches(
+        self, images: Iterable[ImageInput], batch_size: int, skip_errors: bool
+    ) -> Iterator[list[tuple[Prediction, _Loaded | None]]]:
+        """Read, score and post-process one batch at a time: lists of (prediction, decoded input or None)."""
+        iterator, offset = iter(images), 0
+        while chunk := list(islice(iterator, batch_size)):
+            loaded = [self._load(image, offset + i, skip_errors) for i, image in enumerate(chunk)]
+            offset += len(chunk)
+            good = [item for item in loaded if isinstance(item, _Loaded)]
+            scored = iter(self._score(good)) if good else iter(())
+            yield [(next(scored), item) if isinstance(item, _Loaded) else (item, None) for item in loaded]
+
+    def _load(self, image: ImageInput, index: int, skip_errors: bool) -> _Loaded | Prediction:
+        source = _source_name(image, index)
+        try:
+            pixels, size_wh = to_rgb(image, self.image_size, source)
+        except PrnadError as exc:
+            if not skip_errors:
+                raise
+            return Prediction(source=source, score=float("nan"), anomaly_map=None, error=str(exc))
+        return _Loaded(source, pixels, size_wh)
+
+    @torch.inference_mode()
+    def _score(self, items: list[_Loaded]) -> list[Prediction]:
+        batch = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device)  # (B, S, S, 3) uint8
+        out = self.model(batch.permute(0, 3, 1, 2).float().div_(255))  # input (B, 3, S, S) in [0, 1]
+        check_finite(out.logits, self._name)
+        results = []
+        for item, score, amap in zip(items, out.score.tolist(), out.anomaly_map, strict=True):
+            w, h = item.size_wh
+            resized = F.interpolate(amap[None].float(), size=(h, w), mode="bilinear", align_corners=False)  # (1,1,H,W)
+            resized = resized[0, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+            results.append(Prediction(source=item.source, score=float(score), anomaly_map=resized))
+        return results
+
+    # --------------------------------------------------------------------------------------------- evaluate
+
+    def evaluate(self, data: str | Path | None = None, *, save_maps: str | Path | None = None) -> dict[str, Any]:
+        """Evaluate on a category folder's test split minus the run's seen anomalies (default: the run's data).
+
+        The same protocol and numbers as ``prnad evaluate``: image AUROC, pixel AUROC, PRO and pixel AP in
+        percent at the run's size, per defect type too, and inference ms per image at batch 1. Writes
+        ``metrics.json`` into the run folder and, with ``save_maps``, every map as .npy plus scores.csv.
+        """
+        result = evaluate_model(
+            self.model, self.config, self.info, device=self.device, data=data, save_maps=save_maps, name=self._name
+        )
+        if self.run_dir is not None:
+            write_metrics(RunPaths(self.run_dir).metrics, result)
+        return result
