@@ -1,16 +1,23 @@
-"""Benchmark: train + evaluate PRN on MVTec AD bottle for several seeds; write results JSON and Markdown.
+"""Benchmark: train + evaluate PRN on an MVTec AD category for several seeds; write results JSON and Markdown.
 
     python benchmarks/bottle.py --seeds 0 1 2
+    python benchmarks/bottle.py --seeds 0 1 2 --data ../shared/data/mvtec_ad/screw --name screw
 
-Each seed's run goes to ``runs/bench_bottle/seed<N>``; its measured figures are merged into
-``benchmarks/results/bottle.json`` (seeds measured in earlier sessions are kept, each with its own machine,
-command and date), and ``bottle.md`` is rewritten from it. Nothing here is a target: it prints what it measured.
+Each seed's run goes to ``runs/bench_<name>/seed<N>``; its measured figures (with the seed's own command,
+machine and date) are merged into ``<results>/<name>.json`` under a file lock, so seeds may run as parallel
+processes, and ``<name>.md`` is rewritten from it. It goes through the Python API (prnad.train, Detector.evaluate).
+Besides the reported metrics (pixel metrics on the logits, score in float64), it records the metrics as the
+float32 sigmoid maps give them, ties at 1.0 included, to measure what the tie-free evaluation changes.
+Nothing here is a target: it prints what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import datetime as dt
+import fcntl
 import json
 import platform
 import shlex
@@ -18,12 +25,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from prnad.cli import main as prnad_main
+import numpy as np
+import yaml
+
+import prnad
+from prnad.data import Sample, load_samples
+from prnad.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-PAPER = {"image_auroc": 100.0, "pixel_auroc": 99.4, "pro": 97.0, "pixel_ap": 92.3}
+PAPER = {  # PRN's published per-category figures (image AUROC, pixel AUROC, PRO, pixel AP), ResNet18
+    "bottle": {"image_auroc": 100.0, "pixel_auroc": 99.4, "pro": 97.0, "pixel_ap": 92.3},
+    "screw": {"image_auroc": 95.9, "pixel_auroc": 97.5, "pro": 92.4, "pixel_ap": 44.9},
+}
 NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "pixel_ap": "pixel AP"}
 
 
@@ -33,79 +48,102 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=str(REPO.parent / "shared/data/mvtec_ad/bottle"))
     p.add_argument("--textures", default=str(REPO.parent / "shared/data/dtd/images"))
     p.add_argument("--config", default=str(REPO / "configs/mobilenet_v2_tf.yaml"))
-    p.add_argument("--runs", default=str(REPO / "runs/bench_bottle"))
-    p.add_argument("--name", default="bottle", help="results file stem in benchmarks/results")
+    p.add_argument("--weights", help="encoder weights file (default: the one the config names)")
+    p.add_argument("--name", help="results file stem (default: the category folder's name)")
+    p.add_argument("--runs", help="folder of the seeds' run folders (default runs/bench_<name>)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="folder of <name>.json/.md")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. train.device=cuda"
+    )
     p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
     p.add_argument("--resume", action="store_true", help="resume a seed whose run folder holds a checkpoint")
-    p.add_argument("--extra", default="", help="more flags for prnad train, e.g. '--iterations 300 --device cuda'")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.name = args.name or Path(args.data).name
+    args.runs = args.runs or str(REPO / "runs" / f"bench_{args.name}")
+    return args
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The --set KEY=VALUE pairs (values parsed as YAML) and the textures/weights paths, as a nested dict."""
+    values: dict[str, Any] = {"data": {"textures": args.textures}}
+    if args.weights:
+        values["model"] = {"encoder": {"weights": args.weights}}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def saturated_metrics(maps_dir: Path, root: Path, image_size: int, topk: int) -> dict[str, float | None]:
+    """The metrics as the float32 sigmoid maps give them (ties at 1.0 included): score = top-K mean of the map."""
+    rows = list(csv.DictReader((maps_dir / "scores.csv").open()))
+    maps = np.stack([np.load(maps_dir / Path(r["path"]).with_suffix(".npy")) for r in rows])  # (N, S, S) float32
+    scores = np.sort(maps.reshape(len(rows), -1), axis=1)[:, -topk:].mean(axis=1, dtype=np.float32)
+    labels = np.array([int(r["label"]) for r in rows])
+    samples = [_sample(root, r["path"]) for r in rows]
+    _, masks = load_samples(samples, image_size)
+    return {k: None if v is None else round(v, 4) for k, v in compute_metrics(scores, labels, maps, masks).items()}
+
+
+def _sample(root: Path, rel: str) -> Sample:
+    path = root / "test" / rel
+    defect = Path(rel).parent.name
+    mask = None if defect == "good" else root / "ground_truth" / defect / f"{path.stem}_mask.png"
+    return Sample(path, int(defect != "good"), defect, mask)
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
-    """Train and evaluate one seed in-process; returns its measured figures."""
+    """Train and evaluate one seed through the API; returns its measured figures."""
     out = Path(args.runs) / f"seed{seed}"
-    train_argv = [
-        "train",
-        "--data",
-        args.data,
-        "--out",
-        str(out),
-        "--seed",
-        str(seed),
-        "--config",
-        args.config,
-        "--textures",
-        args.textures,
-        "--no-progress",
-        *shlex.split(args.extra),
-    ]
-    resumed_from = None
-    if args.resume and (out / "checkpoint.safetensors").is_file():
-        from prnad.checkpoint import load_checkpoint
-
-        resumed_from = load_checkpoint(out / "checkpoint.safetensors").iteration
-        train_argv.append("--resume")
+    resume = args.resume and (out / "checkpoint.safetensors").is_file()
     started = time.perf_counter()
-    if prnad_main(train_argv) != 0:
-        raise SystemExit(f"training seed {seed} failed")
+    detector = prnad.train(
+        args.data, out, config=args.config, seed=seed, overrides=overrides(args), resume=resume, overwrite=not resume
+    )
     train_s = time.perf_counter() - started
-    if prnad_main(["evaluate", str(out), "--device", _device(args.extra)]) != 0:
-        raise SystemExit(f"evaluating seed {seed} failed")
-    total_s = time.perf_counter() - started
-    result = json.loads((out / "metrics.json").read_text())
+    result = detector.evaluate(save_maps=out / "maps")
+    info = result["train_info"]
+    config = result["config"]
+    iterations = config["train"]["iterations"]
+    resumed_from = info.get("resumed_from_iteration")
     return {
         "seed": seed,
         "metrics": result["metrics"],
+        "per_type": result["per_type"],
+        "metrics_float32_sigmoid": saturated_metrics(
+            out / "maps", Path(args.data), config["data"]["image_size"], config["model"]["topk"]
+        ),
         "train_minutes": round(train_s / 60, 2),
-        "resumed_from_iteration": resumed_from,  # train_minutes then counts only the resumed part
-        "train_plus_evaluate_minutes": round(total_s / 60, 2),
+        "iterations": iterations,
+        "iterations_timed": iterations - (resumed_from or 0),  # train_minutes covers these steps only
+        "resumed_from_iteration": resumed_from,
+        "train_plus_evaluate_minutes": round((time.perf_counter() - started) / 60, 2),
         "inference_ms_per_image": result["inference_ms_per_image"],
         "inference_ms_median": result["inference_ms_median"],
         "device": result["device"],
         "test_images": result["test_images"],
         "encoder": result["encoder"],
-        "iterations": result["config"]["train"]["iterations"],
-        "batch_size": result["config"]["train"]["batch_size"],
+        "batch_size": config["train"]["batch_size"],
         "command": "python benchmarks/bottle.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": f"{platform.node()} {platform.machine()}, {result['device']}",
         "date": dt.date.today().isoformat(),
+        "prnad_version": result["prnad_version"],
     }
 
 
-def _device(extra: str) -> str:
-    flags = shlex.split(extra)
-    return flags[flags.index("--device") + 1] if "--device" in flags else "auto"
-
-
-def summarise(runs: dict[str, dict]) -> dict:
+def summarise(runs: dict[str, dict], key: str = "metrics") -> dict:
     """Mean and spread (population std, min, max) of every metric over the measured seeds."""
     summary = {}
-    for key in PAPER:
-        values = [r["metrics"][key] for r in runs.values() if r["metrics"][key] is not None]
+    for metric in NAMES:
+        values = [r[key][metric] for r in runs.values() if r.get(key, {}).get(metric) is not None]
         if values:
-            summary[key] = {
-                "mean": round(statistics.fmean(values), 2),
-                "std": round(statistics.pstdev(values), 2),
+            summary[metric] = {
+                "mean": round(statistics.fmean(values), 4),
+                "std": round(statistics.pstdev(values), 4),
                 "min": round(min(values), 2),
                 "max": round(max(values), 2),
                 "n": len(values),
@@ -113,56 +151,99 @@ def summarise(runs: dict[str, dict]) -> dict:
     return summary
 
 
-def write_markdown(path: Path, data: dict) -> None:
+def _metric_rows(data: dict) -> list[str]:
+    paper = PAPER.get(data["category"], {})
     lines = [
-        f"# PRN on MVTec AD {data['category']}",
-        "",
-        f"Command: `{data['command']}`",
-        "",
-        "| metric | mean | std | min | max | seeds | paper (ResNet18) |",
-        "|---|---|---|---|---|---|---|",
+        "| metric | mean | std | min | max | seeds | float32-sigmoid mean | paper (ResNet18) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    saturated = data.get("summary_float32_sigmoid", {})
     for key, s in data["summary"].items():
+        sat = saturated.get(key, {}).get("mean")
         lines.append(
-            f"| {NAMES[key]} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {s['n']} | {PAPER[key]:.1f} |"
+            f"| {NAMES[key]} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {s['n']} | "
+            f"{'n/a' if sat is None else f'{sat:.1f}'} | {paper.get(key, float('nan')):.1f} |"
         )
-    lines += [
-        "",
-        "| seed | image AUROC | pixel AUROC | PRO | pixel AP | train min | ms/image | device | iterations | date |",
+    return lines
+
+
+def _seed_rows(data: dict) -> list[str]:
+    lines = [
+        "| seed | image AUROC | pixel AUROC | PRO | pixel AP | train min | steps timed | ms/image | device | date |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["runs"].values():
         m = r["metrics"]
+        timed = r.get("iterations_timed", r["iterations"])
         lines.append(
             f"| {r['seed']} | {m['image_auroc']:.1f} | {m['pixel_auroc']:.1f} | {m['pro']:.1f} | {m['pixel_ap']:.1f} | "
-            f"{r['train_minutes']:.1f} | {r['inference_ms_per_image']:.1f} | {r['device']} | {r['iterations']} | {r['date']} |"
+            f"{r['train_minutes']:.1f} | {timed} of {r['iterations']} | {r['inference_ms_per_image']:.1f} | "
+            f"{r['device']} | {r['date']} |"
         )
-    enc = next(iter(data["runs"].values()))["encoder"]
+    return lines
+
+
+def _per_type_rows(data: dict) -> list[str]:
+    runs = [r for r in data["runs"].values() if "per_type" in r]
+    if not runs:
+        return []
+    lines = ["", "Per defect type (mean over seeds; each type against the normal test images):", ""]
+    lines += ["| defect type | image AUROC | pixel AUROC | PRO | pixel AP |", "|---|---|---|---|---|"]
+    for defect in runs[0]["per_type"]:
+        cells = [statistics.fmean(r["per_type"][defect][k] for r in runs) for k in NAMES]
+        lines.append(f"| {defect} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    return lines
+
+
+def write_markdown(path: Path, data: dict) -> None:
+    first = next(iter(data["runs"].values()))
+    lines = [f"# PRN on MVTec AD {data['category']}", "", "Commands, one per seed:", ""]
+    lines += [f"- seed {r['seed']}: `{r['command']}` ({r['machine']}, {r['date']})" for r in data["runs"].values()]
+    lines += ["", *_metric_rows(data), "", *_seed_rows(data), *_per_type_rows(data)]
+    enc = first["encoder"]
     lines += [
         "",
         f"Encoder: {enc['backbone']}, weights {enc['weights']} (the paper's figures are for ResNet18).",
-        "Test set: the category's test split minus the seed's 10 seen anomalies; metrics at 256x256;",
-        "ms/image: batch 1, warm-up excluded, prototype matching included.",
+        f"Test set: the category's test split minus the seed's seen anomalies; metrics at 256x256 on {first['test_images']} images.",
+        "Pixel metrics on the logits, image score in float64 (no float32 saturation ties); the float32-sigmoid column",
+        "recomputes the metrics from the saved float32 sigmoid maps, ties at 1.0 included, as evaluations before 0.2 did.",
+        "ms/image: batch 1, warm-up excluded, prototype matching included. 'steps timed': train min covers these steps.",
     ]
     path.write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"{args.name}.json"
-    data = json.loads(json_path.read_text()) if json_path.is_file() else {"category": Path(args.data).name, "runs": {}}
-    if args.report_only:
-        write_markdown(json_path.with_suffix(".md"), data)
-        return
-    for seed in args.seeds:
-        data["runs"][str(seed)] = run_seed(args, seed)
+@contextlib.contextmanager
+def locked(json_path: Path):
+    """Hold an exclusive lock on the results file while it is read, changed and written."""
+    with json_path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def record(json_path: Path, category: str, run: dict) -> None:
+    with locked(json_path):
+        data = json.loads(json_path.read_text()) if json_path.is_file() else {"category": category, "runs": {}}
+        data["runs"][str(run["seed"])] = run
         data["runs"] = dict(sorted(data["runs"].items(), key=lambda kv: int(kv[0])))
         data["summary"] = summarise(data["runs"])
-        data["command"] = "python benchmarks/bottle.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        data["summary_float32_sigmoid"] = summarise(data["runs"], "metrics_float32_sigmoid")
+        data.pop("command", None)  # each seed carries its own command
         json_path.write_text(json.dumps(data, indent=2) + "\n")
         write_markdown(json_path.with_suffix(".md"), data)
-        print(json.dumps(data["runs"][str(seed)], indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    json_path = results / f"{args.name}.json"
+    if args.report_only:
+        write_markdown(json_path.with_suffix(".md"), json.loads(json_path.read_text()))
+        return
+    for seed in args.seeds:
+        run = run_seed(args, seed)
+        record(json_path, Path(args.data).name, run)
+        print(json.dumps({k: run[k] for k in ("seed", "metrics", "train_minutes", "inference_ms_per_image")}))
 
 
 if __name__ == "__main__":

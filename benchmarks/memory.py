@@ -36,7 +36,7 @@ from prnad.model.prototypes import _kmeans_pp_init, _lloyd, prototype_count
 from prnad.utils import device_name
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-MB = 2**20
+MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------------------ the old path
@@ -122,11 +122,11 @@ def measure_child(backbone: str, path: str, n_images: int, size: int, batch_size
         "backbone": backbone,
         "path": path,
         "feature_shapes": shapes,
-        "features_float32_mb": round(n_images * sum(int(np.prod(s)) for s in shapes) * 4 / MB, 1),
-        "rss_before_mb": round(rss_before / MB, 1),
-        "peak_rss_mb": round(peak / MB, 1),
-        "peak_increase_mb": round((peak - rss_before) / MB, 1),
-        "peak_before_fit_mb": round(peak_before / MB, 1),
+        "features_float32_mib": round(n_images * sum(int(np.prod(s)) for s in shapes) * 4 / MIB, 1),
+        "rss_before_mib": round(rss_before / MIB, 1),
+        "peak_rss_mib": round(peak / MIB, 1),
+        "peak_increase_mib": round((peak - rss_before) / MIB, 1),
+        "peak_before_fit_mib": round(peak_before / MIB, 1),
         "seconds": round(seconds, 1),
         "prototype_shapes": [tuple(p.shape) for p in prototypes],
     }
@@ -162,14 +162,14 @@ def _markdown(data: dict) -> str:
         "Peak increase = peak RSS during fitting minus RSS just before it, in a fresh process per row. "
         "Features = one float32 copy of the three scales (N x sum C_i H_i W_i), the floor for the after path.",
         "",
-        "| backbone | features MB | before: peak increase MB | after: peak increase MB | before s | after s | "
+        "| backbone | features MiB | before: peak increase MiB | after: peak increase MiB | before s | after s | "
         "prototypes max rel. diff |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         b, a = r["before"], r["after"]
         lines.append(
-            f"| {r['backbone']} | {a['features_float32_mb']} | {b['peak_increase_mb']} | {a['peak_increase_mb']} | "
+            f"| {r['backbone']} | {a['features_float32_mib']} | {b['peak_increase_mib']} | {a['peak_increase_mib']} | "
             f"{b['seconds']} | {a['seconds']} | {r['prototypes_max_rel_diff']:.1e} |"
         )
     return "\n".join(lines) + "\n"
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             for path in ("before", "after"):
                 row[path] = run_child(backbone, path, args, Path(tmp) / f"{path}.safetensors")
                 print(
-                    f"{backbone:16s} {path:6s} peak +{row[path]['peak_increase_mb']:8.1f} MB  {row[path]['seconds']} s"
+                    f"{backbone:16s} {path:6s} peak +{row[path]['peak_increase_mib']:8.1f} MiB  {row[path]['seconds']} s"
                 )
             row["prototypes_max_rel_diff"] = _max_relative_difference(
                 Path(tmp) / "before.safetensors", Path(tmp) / "after.safetensors"
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
     m = ModelConfig()
     data = {
-        "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python benchmarks/memory.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(),
         "cpu": f"{device_name(torch.device('cpu'))}, {os.cpu_count()} cores",

@@ -139,3 +139,28 @@ def test_predict_scores_new_images(trained_run: Path, tiny_category: Path, tmp_p
     assert len(list(out.glob("*_heatmap.png"))) == 4
     assert main(["predict", str(trained_run), str(tmp_path / "nothing.png"), "--out", str(out)]) == 1
     assert "nothing.png" in capsys.readouterr().err  # reported; the exit status says an input failed
+
+
+def test_evaluate_on_a_copy_of_the_data_holds_out_the_seen_anomalies(trained_run: Path, tiny_category: Path, tmp_path):
+    """Before the fix, --data turned the seen-anomaly check off and evaluated them; now they are removed by path."""
+    import shutil
+
+    assert main(["evaluate", str(trained_run)]) == 0
+    own = json.loads((trained_run / "metrics.json").read_text())
+    copy = Path(shutil.copytree(tiny_category, tmp_path / "copy"))
+    assert main(["evaluate", str(trained_run), "--data", str(copy)]) == 0
+    other = json.loads((trained_run / "metrics.json").read_text())
+    assert other["test_images"] == own["test_images"] == 3 + 6 - 2
+    assert other["metrics"] == own["metrics"]
+
+
+def test_demo_passes_its_learning_rate(tmp_path: Path):
+    from prnad.config import TrainConfig
+    from prnad.demo import DEMO_DEFAULTS, demo_config
+
+    config = demo_config(tmp_path, seed=0, iterations=None, image_size=None, device="auto", overrides=None)
+    assert config.train.lr == DEMO_DEFAULTS["lr"] != TrainConfig().lr
+    flagged = demo_config(
+        tmp_path, seed=0, iterations=5, image_size=64, device="cpu", overrides={"train": {"lr": 0.01}}
+    )
+    assert flagged.train.lr == 0.01 and flagged.train.iterations == 5 and flagged.data.image_size == 64

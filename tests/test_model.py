@@ -355,10 +355,11 @@ def test_prn_forward_shapes(backbone):
 
 
 def test_topk_score_is_the_mean_of_the_largest_pixels():
-    m = torch.zeros(1, 1, 4, 4)
-    m[0, 0, 0, :3] = torch.tensor([1.0, 0.5, 0.3])
-    assert torch.allclose(topk_score(m, 2), torch.tensor([0.75]))
-    assert torch.allclose(topk_score(m, 100), torch.tensor([1.8 / 16]))
+    logits = torch.full((1, 1, 4, 4), -40.0)
+    logits[0, 0, 0, :3] = torch.tensor([2.0, 0.0, -1.0])
+    top = torch.sigmoid(torch.tensor([2.0, 0.0, -1.0], dtype=torch.float64))
+    torch.testing.assert_close(topk_score(logits, 2), top[:2].mean().view(1))
+    torch.testing.assert_close(topk_score(logits, 100), torch.sigmoid(logits.double()).mean().view(1))
 
 
 def test_focal_and_total_loss_by_hand():

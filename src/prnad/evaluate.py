@@ -137,7 +137,7 @@ def write_maps(out_dir: Path, test: tuple[Sample, ...], root: Path, preds: Predi
         rel = sample.path.relative_to(root / "test").with_suffix(".npy")
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         np.save(out_dir / rel, amap.astype(np.float32))
-        rows.append((sample.path.relative_to(root / "test").as_posix(), sample.label, f"{score:.6f}"))
+        rows.append((sample.path.relative_to(root / "test").as_posix(), sample.label, f"{score:.17g}"))
     with (out_dir / "scores.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "score"])

@@ -61,7 +61,7 @@ def compute_prototypes(
 
     ``normals`` (N, S, S, 3) uint8; K = max(1, round(ratio * N)). One generator seeded with ``seed`` serves
     the three scales in order (stride 4 first), so a seed fixes the prototypes. Each scale's features are
-    released as soon as it is clustered: they are the bulk of the memory (2.7 GB for Wide-ResNet50-2 on
+    released as soon as it is clustered: they are the bulk of the memory (2.7 GiB for Wide-ResNet50-2 on
     391 images at 256 px), the Gram matrix and centres are small beside them.
     """
     generator = torch.Generator().manual_seed(seed)

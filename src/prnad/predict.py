@@ -81,7 +81,7 @@ def predict_to_folder(
                     _write_outputs(out, stem, prediction)
                 except PrnadError as exc:  # the file changed between scoring and re-reading it
                     prediction = Prediction(prediction.source, float("nan"), None, str(exc))
-            score = "" if not prediction.ok else f"{prediction.score:.6f}"
+            score = "" if not prediction.ok else f"{prediction.score:.17g}"
             writer.writerow([prediction.source, score, prediction.error or ""])
             f.flush()
             yield prediction
