@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from prnad.config import EncoderConfig, LossConfig, ModelConfig, RunConfig, from_dict, to_dict
 from prnad.encoders import ENCODERS
-from prnad.errors import CheckpointError
+from prnad.errors import CheckpointError, ConfigError
 from prnad.model import build_encoder, build_prn, prn_loss
 from prnad.model.attention import MSABlock, MSAStack, _merge, _partition, window_attention
 from prnad.model.decoder import Decoder
@@ -414,3 +414,44 @@ def test_fused_for_inference_gives_the_same_maps():
     x = torch.rand(2, 3, 64, 64)
     fused = fused_for_inference(model)
     torch.testing.assert_close(fused(x).anomaly_map, model(x).anomaly_map, atol=1e-5, rtol=1e-4)
+
+
+def test_per_location_matching_takes_the_nearest_prototype_at_each_location():
+    from prnad.model.prototypes import nearest_prototype_per_location
+
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(5, 3, 4, 6, generator=g)  # (K, C, H, W)
+    feats = torch.randn(2, 3, 4, 6, generator=g)  # (B, C, H, W)
+    chosen = nearest_prototype_per_location(feats, protos)
+    for b in range(2):
+        for h in range(4):
+            for w in range(6):
+                dists = ((protos[:, :, h, w] - feats[b, :, h, w]) ** 2).sum(1)  # (K,)
+                assert torch.equal(chosen[b, :, h, w], protos[int(dists.argmin()), :, h, w])
+    # a map that equals one prototype here and another one there matches both exactly
+    mixed = protos[0].clone()
+    mixed[:, :, 3:] = protos[4][:, :, 3:]
+    assert torch.equal(nearest_prototype_per_location(mixed[None], protos)[0], mixed)
+
+
+def test_smoothed_score_follows_regions_not_single_pixels():
+    spot = torch.full((1, 1, 32, 32), -10.0)
+    spot[0, 0, 5, 5] = 10.0  # one strong pixel
+    blob = torch.full((1, 1, 32, 32), -10.0)
+    blob[0, 0, 10:16, 10:16] = 2.0  # a weaker region
+    assert topk_score(spot, 1) > topk_score(blob, 1)
+    assert topk_score(spot, 1, smoothing=2.0) < topk_score(blob, 1, smoothing=2.0)
+    flat = torch.zeros(1, 1, 16, 16)
+    torch.testing.assert_close(topk_score(flat, 10, smoothing=3.0), torch.full((1,), 0.5, dtype=torch.float64))
+
+
+def test_prn_with_per_location_matching_and_a_smoothed_score():
+    plain = _model().eval()
+    variant = _model(prototype_match="location", score_smoothing=4.0).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(x), variant(x)
+    assert b.logits.shape == (2, 1, 64, 64) and b.score.shape == (2,) and torch.isfinite(b.logits).all()
+    assert not torch.equal(a.logits, b.logits)  # same weights (seed 0), other residuals
+    with pytest.raises(ConfigError, match="model.prototype_match"):
+        ModelConfig(prototype_match="patch")

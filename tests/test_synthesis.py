@@ -240,3 +240,14 @@ def test_synth_grid_draws_one_row_per_kind():
     grid = synth_grid(normal, results)
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
     assert grid.shape[0] >= 3 * SIZE and grid.shape[1] > 3 * SIZE
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_min_anomaly_fraction_rejects_small_masks(kind):
+    """With a floor on the simulated anomaly's size, every mask drawn (over many seeds) reaches it."""
+    floor = 0.01
+    config = SynthConfig(min_anomaly_fraction=floor, max_tries=200)
+    sizes = [generate(kind, seed, config=config)[1].mean() for seed in range(40)]
+    assert min(sizes) >= floor
+    plain = [generate(kind, seed)[1].mean() for seed in range(40)]
+    assert min(plain) < floor <= min(sizes)  # the floor changes something

@@ -111,6 +111,10 @@ class ModelConfig:
     msa_head_dim: int = 64  # heads = max(1, channels // head_dim)
     decoder_channels: tuple[int, int, int] = (128, 64, 32)  # at strides 16, 8, 4
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
+    score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
+    # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the
+    # K prototypes' vectors there (for parts that rotate or move; a deviation, measured before it is a default)
+    prototype_match: Literal["map", "location"] = "map"
 
     def __post_init__(self) -> None:
         _check(
@@ -137,6 +141,12 @@ class ModelConfig:
             "must be three positive integers",
         )
         _check(self.topk >= 1, "model.topk", "must be >= 1")
+        _check(self.score_smoothing >= 0.0, "model.score_smoothing", "must be >= 0")
+        _check(
+            self.prototype_match in ("map", "location"),
+            "model.prototype_match",
+            f"must be map or location, got {self.prototype_match!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,8 @@ class SynthConfig:
     perlin_max_exponent: int = 6  # Perlin scales 2^0 .. 2^(max-1)
     target_area_size: tuple[float, float] = (0.15, 0.6)  # target-area extent as a fraction of the image side
     hoa_grid: int = 8  # HOA shuffles an 8x8 grid of patches of the normal image
-    max_tries: int = 20  # resampling budget when a mask comes out empty
+    max_tries: int = 20  # resampling budget when a mask comes out empty (or too small)
+    min_anomaly_fraction: float = 0.0  # [C] smallest simulated anomaly, as a share of the image; 0: any non-empty
 
     def __post_init__(self) -> None:
         _check(
@@ -170,6 +181,7 @@ class SynthConfig:
         _check(1 <= self.perlin_max_exponent <= 8, "synth.perlin_max_exponent", "must be in [1, 8]")
         _check(self.hoa_grid >= 1, "synth.hoa_grid", "must be >= 1")
         _check(self.max_tries >= 1, "synth.max_tries", "must be >= 1")
+        _check(0.0 <= self.min_anomaly_fraction < 0.5, "synth.min_anomaly_fraction", "must be in [0, 0.5)")
 
 
 @dataclass(frozen=True)

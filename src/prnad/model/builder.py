@@ -37,6 +37,8 @@ def build_prn(config: ModelConfig, *, prototypes: list[torch.Tensor], encoder: E
         decoder=Decoder(bottom_channels=encoder.channels[3], skip_channels=joint, channels=config.decoder_channels),
         residual_kind=config.residual,
         topk=config.topk,
+        prototype_match=config.prototype_match,
+        score_smoothing=config.score_smoothing,
     )
 
 

@@ -14,7 +14,9 @@ from torch import nn
 from prnad.model.decoder import Decoder
 from prnad.model.encoder import Encoder, fold_batchnorm
 from prnad.model.fusion import MultiScaleFusion
-from prnad.model.prototypes import nearest_prototype, residual
+from prnad.model.prototypes import nearest_prototype, nearest_prototype_per_location, residual
+
+MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location}
 
 
 @dataclass
@@ -31,16 +33,33 @@ class PRNOutput:
     score: torch.Tensor
 
 
-def topk_score(logits: torch.Tensor, k: int) -> torch.Tensor:
+def topk_score(logits: torch.Tensor, k: int, *, smoothing: float = 0.0) -> torch.Tensor:
     """Mean of the ``k`` largest pixels of sigmoid(logits) per map, in float64: (B, 1, S, S) -> (B,) float64.
 
     sigmoid is increasing, so the ``k`` largest logits are the ``k`` largest pixels of Mo: only those go
     through the sigmoid, in float64. A float32 sigmoid rounds to exactly 1.0 above a logit of about 16.6, and
     strong images would tie at a score of 1.0; float64 keeps them apart up to a logit of about 36.7.
+    With ``smoothing`` > 0, Mo is first blurred by a Gaussian of that sigma (pixels), so that the score
+    follows regions rather than single pixels.
     """
+    if smoothing > 0:
+        smoothed = gaussian_blur(torch.sigmoid(logits.double()), smoothing)  # (B, 1, S, S) float64
+        flat = smoothed.flatten(1)
+        return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
     flat = logits.flatten(1)  # (B, S*S)
     top = flat.topk(min(k, flat.shape[1]), dim=1).values  # (B, k)
     return torch.sigmoid(top.double()).mean(1)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W) maps, kernel radius 3 sigma, edges replicated; same shape."""
+    radius = max(1, round(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = torch.nn.functional.pad(maps, (radius, radius, radius, radius), mode="replicate")
+    rows = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1))  # (B, 1, H + 2r, W)
+    return torch.nn.functional.conv2d(rows, kernel.view(1, 1, -1, 1))  # (B, 1, H, W)
 
 
 class PRN(nn.Module):
@@ -58,6 +77,8 @@ class PRN(nn.Module):
         decoder: Decoder,
         residual_kind: str,
         topk: int,
+        prototype_match: str = "map",
+        score_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if len(prototypes) != 3:
@@ -72,6 +93,10 @@ class PRN(nn.Module):
         self.decoder = decoder
         self.residual_kind = residual_kind
         self.topk = topk
+        if prototype_match not in MATCHERS:
+            raise ValueError(f"prototype_match must be one of {sorted(MATCHERS)}, got {prototype_match!r}")
+        self.match = MATCHERS[prototype_match]
+        self.score_smoothing = score_smoothing
 
     @property
     def prototypes(self) -> list[torch.Tensor]:
@@ -80,8 +105,7 @@ class PRN(nn.Module):
     def residuals(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per scale, the residual of each map to its nearest prototype; shapes as ``features``."""
         return [
-            residual(f, nearest_prototype(f, p), self.residual_kind)
-            for f, p in zip(features, self.prototypes, strict=True)
+            residual(f, self.match(f, p), self.residual_kind) for f, p in zip(features, self.prototypes, strict=True)
         ]
 
     def forward(self, images: torch.Tensor) -> PRNOutput:
@@ -96,7 +120,11 @@ class PRN(nn.Module):
         attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
         fused = self.output_fusion(attended)
         logits = self.decoder(bottom, fused, images.shape[-2:])  # (B, 1, S, S)
-        return PRNOutput(logits=logits, anomaly_map=torch.sigmoid(logits), score=topk_score(logits, self.topk))
+        return PRNOutput(
+            logits=logits,
+            anomaly_map=torch.sigmoid(logits),
+            score=topk_score(logits, self.topk, smoothing=self.score_smoothing),
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen encoder: what the optimiser sees."""

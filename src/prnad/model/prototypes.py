@@ -126,6 +126,23 @@ def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch
     return prototypes[idx]
 
 
+def nearest_prototype_per_location(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """At every location, the closest of the K prototypes' vectors at that location (L2 over channels).
+
+    features (B, C, H, W), prototypes (K, C, H, W) -> (B, C, H, W). Unlike :func:`nearest_prototype` (one
+    prototype for the whole map), each location may take another prototype: a part seen at another angle
+    or position can still find a matching normal vector where the whole-map match has none.
+    """
+    f = features.permute(2, 3, 0, 1)  # (H, W, B, C)
+    p = prototypes.permute(2, 3, 1, 0)  # (H, W, C, K)
+    dist = (p * p).sum(2, keepdim=True) - 2 * (f @ p)  # ||p||^2 - 2 f.p: (H, W, B, K); ||f||^2 is constant in K
+    idx = dist.argmin(-1)  # (H, W, B)
+    b, c = features.shape[:2]
+    index = idx.permute(2, 0, 1)[:, None, None].expand(b, 1, c, *idx.shape[:2])  # (B, 1, C, H, W)
+    chosen = prototypes[None].expand(b, *prototypes.shape).gather(1, index)  # (B, 1, C, H, W)
+    return chosen[:, 0]
+
+
 def residual(features: torch.Tensor, prototype: torch.Tensor, kind: str) -> torch.Tensor:
     """Prototypical residual R of a feature map and its nearest prototype, element-wise, same shape."""
     diff = features - prototype

@@ -43,6 +43,12 @@ def _check_mask(caller: str, name: str, mask: np.ndarray | None, size: int) -> N
         raise ValueError(f"{caller}: {name} must be a bool ({size}, {size}) mask, got {mask.dtype} {mask.shape}")
 
 
+def _big_enough(mask: np.ndarray, config: SynthConfig) -> bool:
+    """A mask is kept when it is non-empty and covers at least ``config.min_anomaly_fraction`` of the image."""
+    pixels = int(np.count_nonzero(mask))
+    return pixels > 0 and pixels >= config.min_anomaly_fraction * mask.size
+
+
 def _blend(normal: np.ndarray, source: np.ndarray, mask: np.ndarray, beta: float) -> np.ndarray:
     """PRN eq. 4 for a binary mask: (1 - beta) * C + beta * N inside ``mask``, N elsewhere; float, then rounded."""
     out = normal.copy()
@@ -94,7 +100,7 @@ def extended_anomaly(
     """EA: a seen anomaly, recoloured and moved, cropped by a target area and blended into ``normal``.
 
     A = two random colour ops on ``seen_image``; R = one random rotate/shear/shift of A and ``seen_mask``
-    together; M = R's mask & a target area. An empty M redoes the spatial step, with a fresh target area
+    together; M = R's mask & a target area. An empty M (or one under ``config.min_anomaly_fraction`` of the image) redoes the spatial step, with a fresh target area
     too (a fixed area far from the defect could never be hit), up to ``config.max_tries`` times; then M falls
     back to the target area itself. beta ~ U(config.ea_opacity).
     """
@@ -106,7 +112,7 @@ def extended_anomaly(
         moved, moved_mask = _random_spatial(coloured, seen_mask, rng)
         area = target_area(size, rng, allowed=allowed, extent=config.target_area_size)
         mask = moved_mask & area
-        if mask.any():
+        if _big_enough(mask, config):
             break
     else:
         mask = area
@@ -135,14 +141,14 @@ def _perlin_anomaly(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blend ``source`` into ``normal`` under a Perlin mask & target area, beta ~ U(config.sa_opacity).
 
-    An empty intersection redraws both, up to ``config.max_tries`` times; then the mask is the target area.
+    An empty intersection (or one under ``config.min_anomaly_fraction`` of the image) redraws both, up to ``config.max_tries`` times; then the mask is the target area.
     """
     size = normal.shape[0]
     for _ in range(config.max_tries):
         area = target_area(size, rng, allowed=allowed, extent=config.target_area_size)
         blobs = perlin_mask(size, rng, max_exponent=config.perlin_max_exponent, threshold=config.perlin_threshold)
         mask = blobs & area
-        if mask.any():
+        if _big_enough(mask, config):
             break
     else:
         mask = area

@@ -1,0 +1,122 @@
+"""Ablation: candidate config changes, each trained and evaluated per category and seed; one table of them all.
+
+    python benchmarks/ablation.py --categories screw --seeds 0 --iterations 300 --candidates baseline location
+    python benchmarks/ablation.py --report-only
+
+Every candidate is a set of config overrides (CANDIDATES below). Each (candidate, category, seed) run is a
+record in ``benchmarks/results/ablation.json`` (merged under a lock, with its command, machine, date and
+schedule), and ``ablation.md`` tables the mean over the seeds measured, per schedule, beside the paper.
+Screening runs on a short schedule are marked by their iteration count: compare candidates only within one
+schedule and one device. It prints what it measured, never a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import bottle  # the per-seed runner, alongside this file
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "mvtec_ad"
+CANDIDATES: dict[str, dict[str, object]] = {
+    "baseline": {},
+    "location": {"model.prototype_match": "location"},  # nearest prototype per location, not per map
+    "smooth4": {"model.score_smoothing": 4.0},  # top-K of the map blurred by a Gaussian, sigma 4 px
+    "min_anomaly": {"synth.min_anomaly_fraction": 0.001},  # simulated anomalies of at least ~66 px at 256
+    "full_kv": {"model.msa_max_kv": 16},  # keys/values at full resolution in the 4x4 windows at stride 4
+    "ratio20": {"model.prototype_ratio": 0.2},  # twice the prototypes
+}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--categories", nargs="+", default=["screw", "bottle"])
+    p.add_argument("--data-root", default=str(DATA), help="folder of the category folders")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--iterations", type=int, help="training steps (default: the config's 1300)")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applies to every run")
+    p.add_argument("--textures", default=str(REPO.parent / "shared/data/dtd/images"))
+    p.add_argument("--weights", help="encoder weights file (default: the config's)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def _seed_args(args: argparse.Namespace, candidate: str, category: str) -> list[str]:
+    sets = [f"{k}={json.dumps(v)}" for k, v in CANDIDATES[candidate].items()] + list(args.set)
+    if args.iterations:
+        sets.append(f"train.iterations={args.iterations}")
+    argv = ["--data", str(Path(args.data_root) / category), "--textures", args.textures, "--name", "ablation"]
+    argv += ["--runs", str(REPO / "runs" / "ablation" / f"{category}_{candidate}")]
+    argv += [part for item in sets for part in ("--set", item)]
+    return argv + (["--weights", args.weights] if args.weights else [])
+
+
+def record(path: Path, key: str, run: dict) -> None:
+    with bottle.locked(path):
+        data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+        data["runs"][key] = run
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_markdown(path.with_suffix(".md"), data)
+
+
+def _groups(data: dict) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for run in data["runs"].values():
+        key = (run["category"], run["iterations"], run["device"], run["candidate"])
+        groups.setdefault(key, []).append(run)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] != "baseline")))
+
+
+def write_markdown(path: Path, data: dict) -> None:
+    lines = [
+        "# Ablation of candidate changes (issue: beat the one-class baseline on every category)",
+        "",
+        "Mean over the seeds measured; compare rows only within one category, schedule and device.",
+        "",
+        "| category | steps | device | candidate | overrides | seeds | image AUROC | pixel AUROC | PRO | pixel AP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (category, steps, device, candidate), runs in _groups(data).items():
+        means = [statistics.fmean(r["metrics"][k] for r in runs) for k in bottle.NAMES]
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        overrides = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(candidate, {}).items()) or "-"
+        lines.append(
+            f"| {category} | {steps} | {device} | {candidate} | {overrides} | {seeds} | "
+            + " | ".join(f"{m:.1f}" for m in means)
+            + " |"
+        )
+    for category, paper in bottle.PAPER.items():
+        lines.append(
+            f"| {category} | | | paper (ResNet18) | | | " + " | ".join(f"{paper[k]:.1f}" for k in bottle.NAMES) + " |"
+        )
+    lines += ["", "Commands:", ""]
+    lines += sorted({f"- `{r['ablation_command']}`" for r in data["runs"].values()})
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    path = Path(args.results) / "ablation.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        write_markdown(path.with_suffix(".md"), json.loads(path.read_text()))
+        return
+    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    for category in args.categories:
+        for candidate in args.candidates:
+            seed_args = bottle._args(_seed_args(args, candidate, category))
+            for seed in args.seeds:
+                run = bottle.run_seed(seed_args, seed)
+                run.update(candidate=candidate, category=category, ablation_command=command)
+                record(path, f"{category}/{candidate}/{run['iterations']}/{run['device']}/seed{seed}", run)
+                print(json.dumps({k: run[k] for k in ("category", "candidate", "seed", "metrics", "train_minutes")}))
+
+
+if __name__ == "__main__":
+    main()
