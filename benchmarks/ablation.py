@@ -29,6 +29,8 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "min_anomaly": {"synth.min_anomaly_fraction": 0.001},  # simulated anomalies of at least ~66 px at 256
     "full_kv": {"model.msa_max_kv": 16},  # keys/values at full resolution in the 4x4 windows at stride 4
     "ratio20": {"model.prototype_ratio": 0.2},  # twice the prototypes
+    # every normal map a prototype (no K-means averaging of parts at other angles), matched per location
+    "location_all": {"model.prototype_match": "location", "model.prototype_ratio": 1.0},
 }
 
 
