@@ -1,0 +1,65 @@
+"""The benchmark reports: what the README quotes is what the committed results hold, and the reports say how
+each number was made (every seed's command, the steps a training time covers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_bottle", REPO / "benchmarks" / "bottle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("category", ["bottle", "screw"])
+def test_readme_quotes_the_mean_over_seeds(category: str):
+    data = json.loads((RESULTS / f"{category}.json").read_text())
+    assert sorted(int(s) for s in data["runs"]) == [0, 1, 2]
+    means = [data["summary"][k]["mean"] for k in ("image_auroc", "pixel_auroc", "pro", "pixel_ap")]
+    row = re.search(
+        rf"^\| {category} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", (REPO / "README.md").read_text(), re.M
+    )
+    assert row is not None, f"the README has no {category} row"
+    assert [float(v) for v in row.groups()] == [round(m, 1) for m in means]
+
+
+def _run(seed: int, resumed_from: int | None, command: str) -> dict:
+    metrics = {"image_auroc": 100.0, "pixel_auroc": 98.0 + seed, "pro": 97.0, "pixel_ap": 90.0}
+    return {
+        "seed": seed,
+        "metrics": metrics,
+        "metrics_float32_sigmoid": metrics,
+        "train_minutes": 30.0,
+        "iterations": 1300,
+        "iterations_timed": 1300 - (resumed_from or 0),
+        "inference_ms_per_image": 48.0,
+        "device": "cpu",
+        "date": "2026-11-27",
+        "command": command,
+        "machine": "m",
+        "encoder": {"backbone": "mobilenet_v2_tf", "weights": "w.pth"},
+        "test_images": 73,
+    }
+
+
+def test_report_names_every_seeds_command_and_the_steps_a_time_covers(tmp_path: Path):
+    bench = _bench_module()
+    runs = {"0": _run(0, None, "python benchmarks/bottle.py --seeds 0"), "1": _run(1, 250, "... --seeds 1 --resume")}
+    data = {"category": "bottle", "runs": runs, "summary": bench.summarise(runs)}
+    data["summary_float32_sigmoid"] = bench.summarise(runs, "metrics_float32_sigmoid")
+    path = tmp_path / "bottle.md"
+    bench.write_markdown(path, data)
+    text = path.read_text()
+    assert "python benchmarks/bottle.py --seeds 0" in text and "... --seeds 1 --resume" in text
+    assert "1050 of 1300" in text and "1300 of 1300" in text
+    assert data["summary"]["pixel_auroc"]["mean"] == 98.5
