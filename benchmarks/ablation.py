@@ -46,6 +46,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", help="encoder weights file (default: the config's)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--merge", nargs="+", default=[], help="ablation.json files (e.g. from a GPU) to merge in")
+    p.add_argument(
+        "--import-baseline", nargs="+", default=[], help="benchmarks/results/<category>.json runs to add as baseline"
+    )
     return p.parse_args(argv)
 
 
@@ -106,7 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     path = Path(args.results) / "ablation.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
+    for other in args.merge:
+        for key, run in json.loads(Path(other).read_text())["runs"].items():
+            record(path, key, run)
+    for bench in args.import_baseline:
+        data = json.loads(Path(bench).read_text())
+        for run in data["runs"].values():
+            run = {**run, "candidate": "baseline", "category": data["category"], "ablation_command": run["command"]}
+            record(path, f"{data['category']}/baseline/{run['iterations']}/{run['device']}/seed{run['seed']}", run)
+    if args.report_only or args.merge or args.import_baseline:
         write_markdown(path.with_suffix(".md"), json.loads(path.read_text()))
         return
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
