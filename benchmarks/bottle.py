@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 import prnad
-from prnad.data import Sample, load_samples
+from prnad.data import load_samples, scan_category
 from prnad.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,16 +84,9 @@ def saturated_metrics(maps_dir: Path, root: Path, image_size: int, topk: int) ->
     maps = np.stack([np.load(maps_dir / Path(r["path"]).with_suffix(".npy")) for r in rows])  # (N, S, S) float32
     scores = np.sort(maps.reshape(len(rows), -1), axis=1)[:, -topk:].mean(axis=1, dtype=np.float32)
     labels = np.array([int(r["label"]) for r in rows])
-    samples = [_sample(root, r["path"]) for r in rows]
-    _, masks = load_samples(samples, image_size)
+    by_path = {s.path.relative_to(root / "test").as_posix(): s for s in scan_category(root).test}
+    _, masks = load_samples([by_path[r["path"]] for r in rows], image_size)
     return {k: None if v is None else round(v, 4) for k, v in compute_metrics(scores, labels, maps, masks).items()}
-
-
-def _sample(root: Path, rel: str) -> Sample:
-    path = root / "test" / rel
-    defect = Path(rel).parent.name
-    mask = None if defect == "good" else root / "ground_truth" / defect / f"{path.stem}_mask.png"
-    return Sample(path, int(defect != "good"), defect, mask)
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:

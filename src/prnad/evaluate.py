@@ -24,7 +24,16 @@ import torch
 
 from prnad._version import __version__
 from prnad.config import RunConfig, to_dict
-from prnad.data import Category, Sample, file_sha256, load_samples, relative_paths, scan_category, split_seen_anomalies
+from prnad.data import (
+    Category,
+    Sample,
+    file_sha256,
+    load_samples,
+    relative_paths,
+    require_both_classes,
+    scan_category,
+    split_seen_anomalies,
+)
 from prnad.errors import DataError, InferenceError
 from prnad.metrics import compute_metrics
 from prnad.model import PRN
@@ -95,14 +104,6 @@ def _check_no_copies(test: tuple[Sample, ...], seen_sha256: dict[str, str], root
             )
 
 
-def _check_both_classes(test: tuple[Sample, ...], root: Path) -> None:
-    labels = {s.label for s in test}
-    if 0 not in labels:
-        raise DataError(f"{root / 'test' / 'good'}: no normal test images; evaluation needs test/good")
-    if 1 not in labels:
-        raise DataError(f"{root / 'test'}: no defect images left to evaluate once the run's seen anomalies are removed")
-
-
 def held_out_test_set(root: Path, config: RunConfig, info: dict[str, Any], *, own_data: bool) -> tuple[Sample, ...]:
     """The test samples of ``root`` minus the run's seen anomalies (by relative path), checked.
 
@@ -125,7 +126,7 @@ def held_out_test_set(root: Path, config: RunConfig, info: dict[str, Any], *, ow
         s for s, rel in zip(category.test, relative_paths(category.test, root), strict=True) if rel not in excluded
     )
     _check_no_copies(test, info.get("seen_sha256", {}), root)
-    _check_both_classes(test, root)
+    require_both_classes(test, root, why="once the run's seen anomalies are removed")
     return test
 
 

@@ -140,21 +140,13 @@ class Detector:
     def predict_iter(
         self, images: Iterable[ImageInput], *, batch_size: int = 16, skip_errors: bool = False
     ) -> Iterator[Prediction]:
-        """Lazily score ``images``, ``batch_size`` at a time, in input order."""
-        for pairs in self._batches(images, batch_size, skip_errors):
-            yield from (prediction for prediction, _ in pairs)
-
-    def _batches(
-        self, images: Iterable[ImageInput], batch_size: int, skip_errors: bool
-    ) -> Iterator[list[tuple[Prediction, _Loaded | None]]]:
-        """Read, score and post-process one batch at a time: lists of (prediction, decoded input or None)."""
+        """Lazily score ``images``: read, score and post-process ``batch_size`` at a time, in input order."""
         iterator, offset = iter(images), 0
         while chunk := list(islice(iterator, batch_size)):
             loaded = [self._load(image, offset + i, skip_errors) for i, image in enumerate(chunk)]
             offset += len(chunk)
-            good = [item for item in loaded if isinstance(item, _Loaded)]
-            scored = iter(self._score(good)) if good else iter(())
-            yield [(next(scored), item) if isinstance(item, _Loaded) else (item, None) for item in loaded]
+            scored = iter(self._score([item for item in loaded if isinstance(item, _Loaded)]))
+            yield from (next(scored) if isinstance(item, _Loaded) else item for item in loaded)
 
     def _load(self, image: ImageInput, index: int, skip_errors: bool) -> _Loaded | Prediction:
         source = _source_name(image, index)
@@ -168,6 +160,8 @@ class Detector:
 
     @torch.inference_mode()
     def _score(self, items: list[_Loaded]) -> list[Prediction]:
+        if not items:  # every input of the batch failed to load
+            return []
         batch = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device)  # (B, S, S, 3) uint8
         out = self.model(batch.permute(0, 3, 1, 2).float().div_(255))  # input (B, 3, S, S) in [0, 1]
         check_finite(out.logits, self._name)

@@ -41,11 +41,13 @@ def read_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
     Returns the uint8 array (size, size, 3) and the original (width, height).
     """
-    path = Path(path)
-    im = _open_decoded(path, "RGB")
-    original_wh = im.size
-    resized = im.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8).copy(), original_wh
+    return _square(_open_decoded(Path(path), "RGB"), size)
+
+
+def _square(image: Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """An RGB image resized to (size, size) with BILINEAR as uint8, and its original (width, height)."""
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8).copy(), image.size
 
 
 def read_rgb_full(path: Path) -> np.ndarray:
@@ -113,5 +115,4 @@ def to_rgb(image: Image.Image | np.ndarray | str | Path, size: int, name: str) -
         image = image_from_array(image, name)
     else:
         raise DataError(f"{name}: expected a path, a PIL image or an array, got {type(image).__name__}")
-    resized = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8).copy(), image.size
+    return _square(image, size)

@@ -182,16 +182,26 @@ def file_sha256(path: Path) -> str:
 def held_out_split(category: Category, n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
     """:func:`split_seen_anomalies`, then check that the test split left keeps both classes for evaluation."""
     seen, test = split_seen_anomalies(category.test, n, seed)
+    total = sum(s.label for s in category.test)
+    require_both_classes(
+        test,
+        category.root,
+        why=f"after moving {n} of its {total} defect images to training; use fewer seen anomalies "
+        f"(--seen-anomalies, below {total})",
+    )
+    return seen, test
+
+
+def require_both_classes(test: Sequence[Sample], root: Path, *, why: str) -> None:
+    """Evaluation needs normal and defect test images: raise a DataError naming the folder otherwise.
+
+    ``why`` ends the message about missing defect images (what removed them).
+    """
     labels = {s.label for s in test}
     if 0 not in labels:
-        raise DataError(f"{category.root / 'test' / NORMAL}: no normal test images; evaluation needs test/good")
+        raise DataError(f"{root / 'test' / NORMAL}: no normal test images; evaluation needs test/good")
     if 1 not in labels:
-        total = sum(s.label for s in category.test)
-        raise DataError(
-            f"{category.root / 'test'}: no defect image is left to evaluate after moving {n} of its {total} defect "
-            f"images to training; use fewer seen anomalies (--seen-anomalies, below {total})"
-        )
-    return seen, test
+        raise DataError(f"{root / 'test'}: no defect image is left to evaluate {why}")
 
 
 # ------------------------------------------------------------------------------------------------- loading

@@ -48,14 +48,13 @@ def build_pool(
     else:
         textures = procedural_textures(N_PROCEDURAL_TEXTURES, size, rng)
     pool = TrainingPool(normals, foreground_masks(normals, category_type), seen_images, seen_masks, textures)
+    seen_rel = relative_paths(seen, category.root)
     info = {
         "category": category.name,
         "category_type": category_type,
         "n_normal": len(normals),
-        "seen_anomalies": relative_paths(seen, category.root),
-        "seen_sha256": {
-            rel: file_sha256(s.path) for rel, s in zip(relative_paths(seen, category.root), seen, strict=True)
-        },
+        "seen_anomalies": seen_rel,
+        "seen_sha256": {rel: file_sha256(s.path) for rel, s in zip(seen_rel, seen, strict=True)},
         "textures": config.data.textures or f"procedural ({N_PROCEDURAL_TEXTURES})",
     }
     return pool, info
