@@ -31,6 +31,8 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "ratio20": {"model.prototype_ratio": 0.2},  # twice the prototypes
     # every normal map a prototype (no K-means averaging of parts at other angles), matched per location
     "location_all": {"model.prototype_match": "location", "model.prototype_ratio": 1.0},
+    # per location, the nearest of 1024 normal location vectors from anywhere in any normal image (PatchCore-like)
+    "patch": {"model.prototype_match": "patch"},
 }
 
 

@@ -130,13 +130,16 @@ def test_predict_scores_new_images(trained_run: Path, tiny_category: Path, tmp_p
     folder = tiny_category / "test" / "hole"
     single = tiny_category / "test" / "good" / "000.png"
     assert main(["predict", str(trained_run), str(folder), str(single), "--out", str(out)]) == 0
-    rows = list(csv.DictReader((out / "scores.csv").open()))
+    rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 3 + 1 and all(r["error"] == "" for r in rows)
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+    assert all(r["is_anomalous"] in ("true", "false") for r in rows)
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(d["path"], d["score"]) for d in lines] == [(r["path"], float(r["score"])) for r in rows]
     names = sorted(p.name for p in out.glob("*.npy"))
     assert len(names) == 4  # two files are named 000: prefixed with their index, so nothing is overwritten
     assert np.load(out / names[0]).shape == (64, 64)
-    assert len(list(out.glob("*_heatmap.png"))) == 4
+    assert len(list(out.glob("*_overlay.png"))) == 4 and len(list(out.glob("*_mask.png"))) == 4
     assert main(["predict", str(trained_run), str(tmp_path / "nothing.png"), "--out", str(out)]) == 1
     assert "nothing.png" in capsys.readouterr().err  # reported; the exit status says an input failed
 

@@ -96,7 +96,7 @@ def test_corrupt_and_truncated_images_among_predict_inputs(run: Path, data: Path
     out = tmp_path / "pred"
     err = _fails(["predict", run, folder, tmp_path / "missing.png", "--out", out], capsys, names="broken.png", status=1)
     assert "cut.png" in err and "missing.png" in err and "3 input(s) could not be scored" in err
-    rows = (out / "scores.csv").read_text().splitlines()
+    rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 + 3  # header, the 3 good images, a row for each of the 3 failures
     assert sorted(p.name for p in out.glob("*.npy")) == ["000.npy", "001.npy", "002.npy"]
 

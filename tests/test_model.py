@@ -454,4 +454,4 @@ def test_prn_with_per_location_matching_and_a_smoothed_score():
     assert b.logits.shape == (2, 1, 64, 64) and b.score.shape == (2,) and torch.isfinite(b.logits).all()
     assert not torch.equal(a.logits, b.logits)  # same weights (seed 0), other residuals
     with pytest.raises(ConfigError, match="model.prototype_match"):
-        ModelConfig(prototype_match="patch")
+        ModelConfig(prototype_match="nearest")

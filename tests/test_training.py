@@ -139,7 +139,8 @@ def test_checkpoint_round_trip_into_a_fresh_model(tiny_category, tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt.config == config
     assert ckpt.iteration == config.train.iterations
-    assert ckpt.info["n_normal"] == 10 and len(ckpt.info["seen_anomalies"]) == 2
+    assert ckpt.info["n_normal"] == 9 and len(ckpt.info["calibration_normals"]) == 1  # 10 % held out
+    assert len(ckpt.info["seen_anomalies"]) == 2
     x = torch.rand(1, 3, 64, 64)
     again = load_checkpoint(
         save_checkpoint(tmp_path / "copy.safetensors", model=ckpt.model, config=config, iteration=4)

@@ -2,11 +2,11 @@
 
 >>> import prnad
 >>> sorted(name for name in prnad.__all__ if name[0].islower())
-['demo', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
+['demo', 'export', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
 """
 
 from prnad._version import __version__
-from prnad.api import Detector, Prediction, demo, load, make_config, predict_folder, synth_preview, train
+from prnad.api import Detector, Prediction, demo, export, load, make_config, predict_folder, synth_preview, train
 from prnad.errors import CheckpointError, ConfigError, DataError, InferenceError, PrnadError, TrainingError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "TrainingError",
     "__version__",
     "demo",
+    "export",
     "load",
     "make_config",
     "predict_folder",

@@ -22,6 +22,7 @@ __all__ = [
     "Detector",
     "Prediction",
     "demo",
+    "export",
     "format_table",
     "load",
     "make_config",
@@ -96,8 +97,11 @@ def train(
     return load(out, device=run_config.train.device)
 
 
-def load(run: str | Path, *, device: str = "auto") -> Detector:
+def load(run: str | Path, *, device: str = "auto", engine: str = "torch") -> Detector:
     """Load a trained run folder once, for ``predict`` and ``evaluate``.
+
+    ``engine``: ``torch`` (default), ``onnxruntime`` or ``openvino`` (CPU; the run's exported graph, made
+    into ``<run>/export/`` on first use; needs ``pip install 'prnad[deploy]'``).
 
     >>> import tempfile, numpy as np, prnad
     >>> from prnad.data import write_tiny_category
@@ -116,7 +120,12 @@ def load(run: str | Path, *, device: str = "auto") -> Detector:
     >>> sorted(detector.evaluate()["metrics"])
     ['image_auroc', 'pixel_ap', 'pixel_auroc', 'pro']
     """
-    return Detector.from_run(run, device=device)
+    return Detector.from_run(run, device=device, engine=engine)
+
+
+def export(run: str | Path, format: str = "onnx") -> Path:
+    """Export a run's whole model as one graph, ``onnx`` or ``openvino``, into ``<run>/export/``; its path."""
+    return Detector.from_run(run, device="cpu").export(format)
 
 
 def demo(
@@ -173,8 +182,20 @@ def synth_preview(
 
 
 def predict_folder(
-    run: str | Path | Detector, inputs: Sequence[str | Path], out: str | Path, *, batch_size: int = 16
+    run: str | Path | Detector,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    threshold: float | None = None,
+    pixel_threshold: float | None = None,
 ) -> Iterator[Prediction]:
-    """Score image files and folders with a run, writing maps, heatmaps and scores.csv into ``out`` (lazily)."""
+    """Score image files and folders with a run, writing into ``out`` (lazily, as the iterator is consumed):
+    per image the map (.npy), mask and overlay PNGs; results.csv and results.jsonl with score and decision.
+
+    ``threshold``/``pixel_threshold`` replace the run's fitted thresholds.
+    """
     detector = run if isinstance(run, Detector) else load(run)
-    return predict_to_folder(detector, inputs, out, batch_size=batch_size)
+    return predict_to_folder(
+        detector, inputs, out, batch_size=batch_size, threshold=threshold, pixel_threshold=pixel_threshold
+    )

@@ -1,4 +1,4 @@
-"""The ``prnad`` command line: train, evaluate, predict, synth, demo.
+"""The ``prnad`` command line: train, evaluate, predict, export, synth, demo.
 
 Thin: it turns flags into the arguments of :mod:`prnad.api` and prints what comes back. Exit status: 0 done;
 1 ``predict`` scored some inputs but not all (each failure is reported); 2 a user error, with its message.
@@ -42,6 +42,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="training and evaluation resolution (default 256)")
     p.add_argument("--workers", type=int, help="DataLoader workers for anomaly synthesis")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--holdout-fraction", type=float, help="share of normal images kept apart to fit thresholds (default 0.1)"
+    )
+    p.add_argument(
+        "--max-false-alarm-rate",
+        type=float,
+        help="image threshold flags at most this share of held-out normals (default: F1-optimal threshold)",
+    )
     _add_model_flags(p)
 
 
@@ -63,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-maps", help="write each anomaly map as .npy and scores.csv into this folder")
     p.add_argument("--data", help="evaluate on this category folder instead of the one the run trained on")
     p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
 
     p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
     p.add_argument("--data", required=True, help="category folder")
@@ -73,12 +82,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--category-type", choices=["auto", "object", "texture"], default="auto")
 
-    p = sub.add_parser("predict", help="score new images with a trained run; write maps, heatmaps, scores.csv")
+    p = sub.add_parser("predict", help="score new images with a trained run: decisions, masks, overlays, maps")
     p.add_argument("run", help="run folder written by prnad train")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--out", required=True, help="folder for <name>.npy maps, <name>_heatmap.png and scores.csv")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>.npy maps, <name>_mask.png, <name>_overlay.png, results.csv and results.jsonl",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images read and scored at a time (default 16)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--threshold", type=float, help="image threshold: score > T is anomalous (default: the run's)")
+    limit.add_argument(
+        "--max-false-alarm-rate", type=float, help="image threshold flagging at most this share of held-out normals"
+    )
+    p.add_argument("--pixel-threshold", type=float, help="mask = map > T (default: the run's)")
+
+    p = sub.add_parser("export", help="export a run's whole model as one graph (ONNX or OpenVINO IR)")
+    p.add_argument("run", help="run folder written by prnad train")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx", help="graph format (default onnx)")
 
     p = sub.add_parser("demo", help="make a small synthetic category, train on it, evaluate (offline, CPU)")
     p.add_argument("--out", default="prnad_demo", help="folder for the demo data and run (default prnad_demo)")
@@ -118,6 +142,8 @@ FLAG_KEYS = {
     "batch_size": "train.batch_size",
     "workers": "train.num_workers",
     "device": "train.device",
+    "holdout_fraction": "threshold.holdout_fraction",
+    "max_false_alarm_rate": "threshold.max_false_alarm_rate",
 }
 
 
@@ -144,7 +170,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    detector = api.load(args.run, device=args.device)
+    detector = api.load(args.run, device=args.device, engine=args.engine)
     result = detector.evaluate(args.data, save_maps=args.save_maps)
     print(api.format_table(result))
     print(f"metrics written to {detector.run_dir / 'metrics.json'}")
@@ -165,19 +191,40 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decision(anomalous: bool | None) -> str:
+    return {True: "ANOMALOUS", False: "ok", None: "-"}[anomalous]
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    detector = api.load(args.run, device=args.device)
+    detector = api.load(args.run, device=args.device, engine=args.engine)
+    threshold = args.threshold
+    if args.max_false_alarm_rate is not None:
+        threshold = detector.false_alarm_threshold(args.max_false_alarm_rate)
+    results = api.predict_folder(
+        detector,
+        args.images,
+        args.out,
+        batch_size=args.batch_size,
+        threshold=threshold,
+        pixel_threshold=args.pixel_threshold,
+    )
     failed = 0
-    for result in api.predict_folder(detector, args.images, args.out, batch_size=args.batch_size):
+    for result in results:
         if result.ok:
-            print(f"{result.score:.4f}  {result.source}")
+            print(f"{result.score:.4f}  {_decision(result.is_anomalous):<9}  {result.source}")
         else:
             failed += 1
             print(f"prnad predict: error: {result.error}", file=sys.stderr)
-    print(f"maps, heatmaps and scores.csv written to {args.out}")
+    print(f"decisions, masks, overlays and maps written to {args.out} (results.csv, results.jsonl)")
     if failed:
-        print(f"prnad predict: {failed} input(s) could not be scored (see scores.csv)", file=sys.stderr)
+        print(f"prnad predict: {failed} input(s) could not be scored (see results.csv)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    path = api.export(args.run, args.format)
+    print(f"{args.format} export written to {path}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -200,6 +247,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "synth": _cmd_synth,
+    "export": _cmd_export,
     "demo": _cmd_demo,
 }
 

@@ -114,7 +114,10 @@ class ModelConfig:
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
     # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the
     # K prototypes' vectors there (for parts that rotate or move; a deviation, measured before it is a default)
-    prototype_match: Literal["map", "location"] = "map"
+    # "patch": per location, the nearest vector of a memory bank of every normal location (position-free, as
+    # PatchCore), ``patch_bank_size`` vectors per scale chosen by greedy coreset; prototype_ratio is unused
+    prototype_match: Literal["map", "location", "patch"] = "map"
+    patch_bank_size: int = 1024  # [C] memory-bank vectors per scale for prototype_match "patch"
 
     def __post_init__(self) -> None:
         _check(
@@ -143,10 +146,11 @@ class ModelConfig:
         _check(self.topk >= 1, "model.topk", "must be >= 1")
         _check(self.score_smoothing >= 0.0, "model.score_smoothing", "must be >= 0")
         _check(
-            self.prototype_match in ("map", "location"),
+            self.prototype_match in ("map", "location", "patch"),
             "model.prototype_match",
-            f"must be map or location, got {self.prototype_match!r}",
+            f"must be map, location or patch, got {self.prototype_match!r}",
         )
+        _check(self.patch_bank_size >= 1, "model.patch_bank_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,31 @@ def _is_device_name(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class ThresholdConfig:
+    """Decision thresholds, fitted after training on data the test split never contributes to [C].
+
+    A share of the normal training images is kept apart (neither prototypes nor training see them); the
+    thresholds are fitted on them and on simulated anomalies (EA, HEA, HOA at their training shares) made
+    from them. Image threshold: F1-optimal on that set, or, with ``max_false_alarm_rate``, the lowest that
+    flags at most that share of the held-out normals. Pixel threshold: F1-optimal over its pixels.
+    """
+
+    holdout_fraction: float = 0.1  # share of the normal training images kept apart; 0: no thresholds
+    calibration_anomalies: int = 64  # simulated anomalies made from the held-out normals
+    max_false_alarm_rate: float | None = None  # None: F1-optimal image threshold
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 <= self.holdout_fraction < 1.0,
+            "threshold.holdout_fraction",
+            f"must be in [0, 1), got {self.holdout_fraction}",
+        )
+        _check(self.calibration_anomalies >= 1, "threshold.calibration_anomalies", "must be >= 1")
+        rate = self.max_false_alarm_rate
+        _check(rate is None or 0.0 <= rate < 1.0, "threshold.max_false_alarm_rate", f"must be in [0, 1), got {rate}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a training run needs; stored inside every checkpoint."""
 
@@ -242,6 +271,7 @@ class RunConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     def __post_init__(self) -> None:
         simulated = self.synth.hea_weight + self.synth.hoa_weight

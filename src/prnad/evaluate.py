@@ -37,6 +37,7 @@ from prnad.data import (
 from prnad.errors import DataError, InferenceError
 from prnad.metrics import compute_metrics
 from prnad.model import PRN
+from prnad.thresholds import decision_counts, precision_recall_f1
 from prnad.utils import device_name
 
 WARMUP = 5
@@ -156,6 +157,22 @@ def per_type_metrics(test: tuple[Sample, ...], preds: Predictions, masks: np.nda
     return out
 
 
+def at_thresholds(
+    preds: Predictions, labels: np.ndarray, masks: np.ndarray, image_t: float | None, pixel_t: float | None
+) -> dict[str, Any] | None:
+    """What a line engineer gets at fixed thresholds: image precision, recall and F1 of ``score > image_t``,
+    and pixel precision, recall and F1 of ``map > pixel_t`` over every test pixel (percent, with the counts).
+    None when the model has no thresholds."""
+    if image_t is None and pixel_t is None:
+        return None
+    out: dict[str, Any] = {"image_threshold": image_t, "pixel_threshold": pixel_t}
+    for key, values, truth, t in (("image", preds.scores, labels, image_t), ("pixel", preds.maps, masks, pixel_t)):
+        if t is not None:
+            counts = decision_counts(values, truth, t)
+            out[key] = {k: round(100.0 * v, 4) for k, v in precision_recall_f1(counts).items()} | counts
+    return out
+
+
 def _rounded(metrics: dict[str, float | None]) -> dict[str, float | None]:
     return {k: None if v is None else round(v, 4) for k, v in metrics.items()}
 
@@ -169,10 +186,12 @@ def evaluate_model(
     data: str | Path | None = None,
     save_maps: str | Path | None = None,
     name: str = "the model",
+    thresholds: tuple[float | None, float | None] = (None, None),
 ) -> dict[str, Any]:
     """Evaluate an inference-ready ``model`` (see :class:`prnad.Detector`); returns metrics.json's content.
 
-    ``name`` says which model it is in error messages (its checkpoint file).
+    ``name`` says which model it is in error messages (its checkpoint file). ``thresholds`` (image, pixel)
+    add the decision metrics at those thresholds (:func:`at_thresholds`).
     """
     root = Path(data or config.data.root)
     own_data = data is None or Path(data).resolve() == Path(config.data.root).resolve()
@@ -187,9 +206,11 @@ def evaluate_model(
     return {
         "metrics": _rounded(metrics),
         "per_type": per_type_metrics(test, preds, masks),
+        "at_threshold": at_thresholds(preds, labels, masks, *thresholds),
         "inference_ms_per_image": round(float(np.mean(preds.ms)), 2),
         "inference_ms_median": round(float(statistics.median(preds.ms)), 2),
         "device": device_name(device),
+        "engine": getattr(model, "name", "torch"),
         "test_images": len(test),
         "test_anomalous": int(labels.sum()),
         "seed": config.train.seed,
@@ -211,6 +232,18 @@ def write_metrics(path: Path, result: dict[str, Any]) -> None:
         raise DataError(f"{path}: cannot write the metrics ({exc.strerror or exc})") from exc
 
 
+def _threshold_lines(at: dict[str, Any]) -> list[str]:
+    lines = []
+    for key in ("image", "pixel"):
+        if key in at:
+            m = at[key]
+            lines.append(
+                f"{key} at threshold {at[key + '_threshold']:.4g}: precision {m['precision']:.1f}, "
+                f"recall {m['recall']:.1f}, F1 {m['f1']:.1f}"
+            )
+    return lines
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The metrics as a small text table, in percent, then one line per defect type."""
     lines = [f"{'metric':<16}{'value':>8}", "-" * 24]
@@ -221,6 +254,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"test images: {result['test_images']} ({result['test_anomalous']} anomalous), device: {result['device']}"
     )
+    if result.get("at_threshold"):
+        lines += _threshold_lines(result["at_threshold"])
     if result.get("per_type"):
         lines.append(f"{'defect type':<24}{'images':>7}{'I-AUROC':>9}{'P-AUROC':>9}{'PRO':>7}{'AP':>7}")
         for defect, m in result["per_type"].items():

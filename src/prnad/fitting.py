@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from prnad.model.encoder import Encoder
-from prnad.model.prototypes import kmeans, prototype_count
+from prnad.model.prototypes import coreset, kmeans, prototype_count
 
 
 def _to_batch(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -56,6 +56,7 @@ def compute_prototypes(
     seed: int,
     device: torch.device | str,
     batch_size: int = 16,
+    bank_size: int | None = None,
 ) -> list[torch.Tensor]:
     """K-means prototypes per scale over whole normal feature maps: 3 x (K, C_i, H_i, W_i) float32 on the CPU.
 
@@ -63,6 +64,8 @@ def compute_prototypes(
     the three scales in order (stride 4 first), so a seed fixes the prototypes. Each scale's features are
     released as soon as it is clustered: they are the bulk of the memory (2.7 GiB for Wide-ResNet50-2 on
     391 images at 256 px), the Gram matrix and centres are small beside them.
+    With ``bank_size`` set, each scale is instead a memory bank 3 x (M, C_i, 1, 1): ``bank_size`` location
+    vectors from all normal maps chosen by greedy coreset (for ``prototype_match: patch``).
     """
     generator = torch.Generator().manual_seed(seed)
     k = prototype_count(len(normals), ratio)
@@ -70,6 +73,10 @@ def compute_prototypes(
     prototypes = []
     while scales:
         maps = scales.pop(0)  # (N, C, H, W); the list no longer holds it
+        if bank_size is not None:
+            vectors = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])  # (N*H*W, C)
+            prototypes.append(coreset(vectors, bank_size, generator=generator)[:, :, None, None])  # (M, C, 1, 1)
+            continue
         centres = kmeans(maps.flatten(1), k, restarts=restarts, iterations=iterations, generator=generator)
         prototypes.append(centres.view(k, *maps.shape[1:]))  # (K, C, H, W)
     return prototypes

@@ -21,11 +21,13 @@ from PIL import Image
 from prnad.checkpoint import load_checkpoint
 from prnad.config import RunConfig
 from prnad.data import to_rgb
-from prnad.errors import CheckpointError, PrnadError
+from prnad.errors import CheckpointError, ConfigError, PrnadError
 from prnad.evaluate import check_finite, evaluate_model, write_metrics
+from prnad.export import export_run, load_engine
 from prnad.model import PRN
 from prnad.model.prn import fused_for_inference
 from prnad.runs import RunPaths
+from prnad.thresholds import false_alarm_threshold
 from prnad.utils import resolve_device
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 types)
@@ -37,14 +39,18 @@ class Prediction:
 
     score: the image score (mean of the top-K pixels of the map), higher is more anomalous.
     anomaly_map: float32 (H, W) in [0, 1] at the input image's own size. source: the path, or
-    ``<image i>`` for an in-memory input. error: why this input could not be scored (then score is NaN
-    and anomaly_map None); only set when the caller asked to skip bad inputs.
+    ``<image i>`` for an in-memory input. is_anomalous: ``score > image threshold``; mask: bool (H, W),
+    ``anomaly_map > pixel threshold`` (both None when the model has no thresholds and none was given).
+    error: why this input could not be scored (then score is NaN and the rest None); only set when the
+    caller asked to skip bad inputs.
     """
 
     source: str
     score: float
     anomaly_map: np.ndarray | None = field(repr=False)
     error: str | None = None
+    is_anomalous: bool | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -79,16 +85,52 @@ class Detector:
     folded for inference and kept on ``device``.
     """
 
-    def __init__(self, model: PRN, config: RunConfig, *, info: dict[str, Any], run_dir: Path | None, device: str):
+    def __init__(
+        self,
+        model: PRN,
+        config: RunConfig,
+        *,
+        info: dict[str, Any],
+        run_dir: Path | None,
+        device: str,
+        engine: str = "torch",
+    ):
         self.device = resolve_device(device)
         self.config = config
         self.info = info
         self.run_dir = run_dir
         self.model = fused_for_inference(model).to(self.device).eval()
+        if engine != "torch" and self.device.type != "cpu":
+            raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {self.device}")
+        self.engine = engine
+        model_file = None if run_dir is None else RunPaths(run_dir).model
+        self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size)
+        fitted = info.get("thresholds") or {}
+        self.image_threshold: float | None = fitted.get("image")
+        self.pixel_threshold: float | None = fitted.get("pixel")
+
+    def false_alarm_threshold(self, rate: float) -> float:
+        """The image threshold that flags at most ``rate`` of the run's held-out normal images.
+
+        Uses the calibration scores stored at training, so it needs no data; assign the result to
+        ``image_threshold`` to use it.
+        """
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"the false-alarm rate must be in [0, 1), got {rate}")
+        normal = (self.info.get("thresholds") or {}).get("normal_scores")
+        if not normal:
+            raise CheckpointError(
+                f"{self._name}: the run kept no held-out normal images; cannot set a false-alarm rate"
+            )
+        return false_alarm_threshold(np.array(normal), rate)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, device: str = "auto") -> Detector:
-        """Load the final model of a run folder (``model.safetensors``); errors name the file."""
+    def from_run(cls, run_dir: str | Path, *, device: str = "auto", engine: str = "torch") -> Detector:
+        """Load the final model of a run folder (``model.safetensors``); errors name the file.
+
+        ``engine``: ``torch`` runs the PyTorch model; ``onnxruntime`` and ``openvino`` run its exported graph
+        (made into ``<run>/export/`` first when missing or older than the model).
+        """
         paths = RunPaths(Path(run_dir))
         if not paths.root.is_dir():
             raise CheckpointError(f"{paths.root}: run folder not found")
@@ -99,7 +141,7 @@ class Detector:
             raise CheckpointError(f"{paths.model}: no trained model in {paths.root}{hint}")
         torch_device = resolve_device(device)
         ckpt = load_checkpoint(paths.model, map_location=torch_device)
-        return cls(ckpt.model, ckpt.config, info=ckpt.info, run_dir=paths.root, device=str(torch_device))
+        return cls(ckpt.model, ckpt.config, info=ckpt.info, run_dir=paths.root, device=str(torch_device), engine=engine)
 
     @property
     def _name(self) -> str:
@@ -113,12 +155,21 @@ class Detector:
 
     def __repr__(self) -> str:
         enc = self.config.model.encoder
-        return f"Detector(run={str(self.run_dir)!r}, backbone={enc.backbone!r}, size={self.image_size}, device={self.device})"
+        return (
+            f"Detector(run={str(self.run_dir)!r}, backbone={enc.backbone!r}, size={self.image_size}, "
+            f"device={self.device}, engine={self.engine!r})"
+        )
 
     # ---------------------------------------------------------------------------------------------- predict
 
     def predict(
-        self, images: ImageInput | Iterable[ImageInput], *, batch_size: int = 16, skip_errors: bool = False
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        batch_size: int = 16,
+        skip_errors: bool = False,
+        threshold: float | None = None,
+        pixel_threshold: float | None = None,
     ) -> Prediction | list[Prediction] | Iterator[Prediction]:
         """Score images.
 
@@ -126,26 +177,38 @@ class Detector:
         tuple or (N, H, W, 3) array gives a list; any other iterable (a generator, say) gives an iterator
         that reads and scores ``batch_size`` images at a time, so a long stream is never held in memory.
         A bad input raises :class:`~prnad.errors.DataError` naming it, unless ``skip_errors``, when its
-        prediction carries the error instead and the others go on.
+        prediction carries the error instead and the others go on. ``threshold`` and ``pixel_threshold``
+        replace the run's fitted thresholds (``image_threshold``, ``pixel_threshold``) for this call.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        limits = {"threshold": threshold, "pixel_threshold": pixel_threshold}
         if _is_single(images):
-            return next(self.predict_iter([images], batch_size=1, skip_errors=False))
-        stream = self.predict_iter(images, batch_size=batch_size, skip_errors=skip_errors)
+            return next(self.predict_iter([images], batch_size=1, skip_errors=False, **limits))
+        stream = self.predict_iter(images, batch_size=batch_size, skip_errors=skip_errors, **limits)
         if isinstance(images, list | tuple | np.ndarray):
             return list(stream)
         return stream
 
     def predict_iter(
-        self, images: Iterable[ImageInput], *, batch_size: int = 16, skip_errors: bool = False
+        self,
+        images: Iterable[ImageInput],
+        *,
+        batch_size: int = 16,
+        skip_errors: bool = False,
+        threshold: float | None = None,
+        pixel_threshold: float | None = None,
     ) -> Iterator[Prediction]:
         """Lazily score ``images``: read, score and post-process ``batch_size`` at a time, in input order."""
+        limits = (
+            self.image_threshold if threshold is None else threshold,
+            self.pixel_threshold if pixel_threshold is None else pixel_threshold,
+        )
         iterator, offset = iter(images), 0
         while chunk := list(islice(iterator, batch_size)):
             loaded = [self._load(image, offset + i, skip_errors) for i, image in enumerate(chunk)]
             offset += len(chunk)
-            scored = iter(self._score([item for item in loaded if isinstance(item, _Loaded)]))
+            scored = iter(self._score([item for item in loaded if isinstance(item, _Loaded)], *limits))
             yield from (next(scored) if isinstance(item, _Loaded) else item for item in loaded)
 
     def _load(self, image: ImageInput, index: int, skip_errors: bool) -> _Loaded | Prediction:
@@ -159,19 +222,33 @@ class Detector:
         return _Loaded(source, pixels, size_wh)
 
     @torch.inference_mode()
-    def _score(self, items: list[_Loaded]) -> list[Prediction]:
+    def _score(self, items: list[_Loaded], threshold: float | None, pixel_threshold: float | None) -> list[Prediction]:
         if not items:  # every input of the batch failed to load
             return []
         batch = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device)  # (B, S, S, 3) uint8
-        out = self.model(batch.permute(0, 3, 1, 2).float().div_(255))  # input (B, 3, S, S) in [0, 1]
+        out = self.runner(batch.permute(0, 3, 1, 2).float().div_(255))  # input (B, 3, S, S) in [0, 1]
         check_finite(out.logits, self._name)
         results = []
         for item, score, amap in zip(items, out.score.tolist(), out.anomaly_map, strict=True):
             w, h = item.size_wh
             resized = F.interpolate(amap[None].float(), size=(h, w), mode="bilinear", align_corners=False)  # (1,1,H,W)
             resized = resized[0, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
-            results.append(Prediction(source=item.source, score=float(score), anomaly_map=resized))
+            results.append(
+                Prediction(
+                    source=item.source,
+                    score=float(score),
+                    anomaly_map=resized,
+                    is_anomalous=None if threshold is None else bool(score > threshold),
+                    mask=None if pixel_threshold is None else resized > pixel_threshold,
+                )
+            )
         return results
+
+    def export(self, fmt: str = "onnx") -> Path:
+        """Export the model as one graph (``onnx`` or ``openvino``) into ``<run>/export/``; returns its path."""
+        if self.run_dir is None:
+            raise ConfigError("export writes into a run folder: load the model with prnad.load(run)")
+        return export_run(self.model, self.run_dir, RunPaths(self.run_dir).model, fmt, image_size=self.image_size)
 
     # --------------------------------------------------------------------------------------------- evaluate
 
@@ -181,9 +258,18 @@ class Detector:
         The same protocol and numbers as ``prnad evaluate``: image AUROC, pixel AUROC, PRO and pixel AP in
         percent at the run's size, per defect type too, and inference ms per image at batch 1. Writes
         ``metrics.json`` into the run folder and, with ``save_maps``, every map as .npy plus scores.csv.
+        At the detector's thresholds (``image_threshold``, ``pixel_threshold``) it adds image precision,
+        recall and F1 and pixel F1 under ``at_threshold``.
         """
         result = evaluate_model(
-            self.model, self.config, self.info, device=self.device, data=data, save_maps=save_maps, name=self._name
+            self.runner,
+            self.config,
+            self.info,
+            device=self.device,
+            data=data,
+            save_maps=save_maps,
+            name=self._name,
+            thresholds=(self.image_threshold, self.pixel_threshold),
         )
         if self.run_dir is not None:
             write_metrics(RunPaths(self.run_dir).metrics, result)

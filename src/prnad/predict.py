@@ -1,18 +1,22 @@
-"""Scoring new images into a folder: per image a float32 map (.npy), a heatmap PNG, and one row of scores.csv.
+"""Scoring new images into a folder: per image the raw map (.npy), a binary mask PNG and an overlay PNG,
+and one row of results.csv and one line of results.jsonl (score, decision, error).
 
-Streams: images are read, scored and written ``batch_size`` at a time, and scores.csv is flushed after
-every batch, so a long folder is never held in memory and an interrupted run keeps what it wrote. A bad
-input (unreadable, corrupt, missing) gets a row with its error and the others go on.
+Streams: images are read, scored and written ``batch_size`` at a time, and both results files are flushed
+after every image, so a long folder is never held in memory and an interrupted run keeps what it wrote. A
+bad input (unreadable, corrupt, missing) gets a row with its error and the others go on. Without thresholds
+(a run trained with ``threshold.holdout_fraction: 0`` and none given) there is no decision and no mask.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from prnad.data import list_images, read_rgb_full
 from prnad.errors import DataError, PrnadError
@@ -32,12 +36,20 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3): the image with the map (in [0, 1], same H, W) over it in red, opacity following the map."""
+CONTOUR_RGB = (255, 255, 0)  # yellow: stands out against the red heat and most parts
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (H, W, 3): the image with the map (in [0, 1], same H, W) over it in red, opacity following the
+    map, and the outline of ``mask`` (bool (H, W)) drawn in yellow, 1 px inside its border."""
     alpha = np.clip(anomaly_map, 0.0, 1.0)[..., None] * 0.6  # (H, W, 1)
     red = np.zeros_like(image, dtype=np.float32)
     red[..., 0] = 255.0
-    return np.round((1 - alpha) * image + alpha * red).astype(np.uint8)
+    out = np.round((1 - alpha) * image + alpha * red).astype(np.uint8)
+    if mask is not None and mask.any():
+        outline = mask & ~ndimage.binary_erosion(mask, border_value=0)  # (H, W)
+        out[outline] = CONTOUR_RGB
+    return out
 
 
 def _stems(files: list[Path]) -> list[str]:
@@ -48,40 +60,75 @@ def _stems(files: list[Path]) -> list[str]:
 
 def _write_outputs(out: Path, stem: str, prediction: Prediction) -> None:
     np.save(out / f"{stem}.npy", prediction.anomaly_map)
-    overlay = heatmap_overlay(read_rgb_full(Path(prediction.source)), prediction.anomaly_map)
-    Image.fromarray(overlay).save(out / f"{stem}_heatmap.png")
+    if prediction.mask is not None:
+        Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
+    overlay = heatmap_overlay(read_rgb_full(Path(prediction.source)), prediction.anomaly_map, prediction.mask)
+    Image.fromarray(overlay).save(out / f"{stem}_overlay.png")
+
+
+RESULT_FIELDS = ("path", "score", "is_anomalous", "anomalous_pixels", "error")
+
+
+def result_row(prediction: Prediction) -> dict[str, object]:
+    """One results record: the path, score, decision, share of pixels in the mask, and the error (if any)."""
+    mask = prediction.mask
+    return {
+        "path": prediction.source,
+        "score": prediction.score if prediction.ok else None,
+        "is_anomalous": prediction.is_anomalous,
+        "anomalous_pixels": None if mask is None else round(float(mask.mean()), 6),
+        "error": prediction.error,
+    }
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.17g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _open_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "scores.csv").touch()
+        (out / "results.csv").touch()
     except OSError as exc:
         raise DataError(f"{out}: cannot write the output folder ({exc.strerror or exc})") from exc
 
 
 def predict_to_folder(
-    detector: Detector, inputs: Sequence[str | Path], out_dir: str | Path, *, batch_size: int = 16
+    detector: Detector,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    threshold: float | None = None,
+    pixel_threshold: float | None = None,
 ) -> Iterator[Prediction]:
     """Score every input image (files, or folders of images) and write its outputs into ``out_dir``.
 
-    Yields each :class:`Prediction` as soon as its batch is written; failed inputs carry their error.
+    ``threshold`` and ``pixel_threshold`` replace the detector's. Yields each :class:`Prediction` as soon
+    as its outputs are written; failed inputs carry their error.
     """
     out = Path(out_dir)
     _open_out(out)
     files = collect_images(inputs)
     stems = iter(_stems(files))
-    with (out / "scores.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "score", "error"])
-        for prediction in detector.predict_iter(files, batch_size=batch_size, skip_errors=True):
+    limits = {"threshold": threshold, "pixel_threshold": pixel_threshold}
+    with (out / "results.csv").open("w", newline="") as table, (out / "results.jsonl").open("w") as lines:
+        writer = csv.writer(table)
+        writer.writerow(RESULT_FIELDS)
+        for prediction in detector.predict_iter(files, batch_size=batch_size, skip_errors=True, **limits):
             stem = next(stems)
             if prediction.ok:
                 try:
                     _write_outputs(out, stem, prediction)
                 except PrnadError as exc:  # the file changed between scoring and re-reading it
                     prediction = Prediction(prediction.source, float("nan"), None, str(exc))
-            score = "" if not prediction.ok else f"{prediction.score:.17g}"
-            writer.writerow([prediction.source, score, prediction.error or ""])
-            f.flush()
+            row = result_row(prediction)
+            writer.writerow([_csv_cell(row[k]) for k in RESULT_FIELDS])
+            lines.write(json.dumps(row) + "\n")
+            table.flush()
+            lines.flush()
             yield prediction

@@ -14,9 +14,9 @@ from torch import nn
 from prnad.model.decoder import Decoder
 from prnad.model.encoder import Encoder, fold_batchnorm
 from prnad.model.fusion import MultiScaleFusion
-from prnad.model.prototypes import nearest_prototype, nearest_prototype_per_location, residual
+from prnad.model.prototypes import nearest_patch, nearest_prototype, nearest_prototype_per_location, residual
 
-MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location}
+MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location, "patch": nearest_patch}
 
 
 @dataclass

@@ -143,6 +143,43 @@ def nearest_prototype_per_location(features: torch.Tensor, prototypes: torch.Ten
     return chosen[:, 0]
 
 
+def nearest_patch(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """At every location, the closest vector of a memory bank, wherever in the image it was seen (L2 over channels).
+
+    features (B, C, H, W), bank (M, C, 1, 1) -> (B, C, H, W). Position-free, as PatchCore's memory bank: a part
+    at any angle or position finds its normal vectors. The distances are computed one image at a time, so
+    the temporary stays (H*W, M).
+    """
+    vectors = bank.flatten(1)  # (M, C)
+    norms = (vectors * vectors).sum(1)  # (M,)
+    out = torch.empty_like(features)
+    for i, f in enumerate(features):
+        queries = f.flatten(1).T  # (H*W, C)
+        idx = (norms[None, :] - 2 * queries @ vectors.T).argmin(1)  # (H*W,); ||q||^2 is constant in M
+        out[i] = vectors[idx].T.reshape(f.shape)  # (C, H, W)
+    return out
+
+
+def coreset(x: torch.Tensor, m: int, *, generator: torch.Generator, candidates: int = 200_000) -> torch.Tensor:
+    """``m`` rows of ``x`` (P, C) chosen by greedy farthest-point selection (PatchCore's coreset) -> (M, C).
+
+    At most ``candidates`` rows, drawn at random, enter the selection (bounds the cost: M passes over them).
+    The first row is drawn at random; each next is the candidate farthest from all chosen so far.
+    """
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"expected a non-empty (P, C) matrix, got {tuple(x.shape)}")
+    if x.shape[0] > candidates:
+        x = x[torch.randperm(x.shape[0], generator=generator)[:candidates]]
+    m = min(m, x.shape[0])
+    chosen = torch.empty(m, dtype=torch.long)
+    chosen[0] = int(torch.randint(x.shape[0], (1,), generator=generator))
+    nearest = ((x - x[chosen[0]]) ** 2).sum(1)  # (P,) squared distance to the nearest chosen row
+    for j in range(1, m):
+        chosen[j] = int(nearest.argmax())
+        nearest = torch.minimum(nearest, ((x - x[chosen[j]]) ** 2).sum(1))
+    return x[chosen].clone()
+
+
 def residual(features: torch.Tensor, prototype: torch.Tensor, kind: str) -> torch.Tensor:
     """Prototypical residual R of a feature map and its nearest prototype, element-wise, same shape."""
     diff = features - prototype

@@ -18,6 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from prnad.calibration import fit_thresholds, holdout_indices
 from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, to_dict
 from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_category
@@ -35,10 +36,17 @@ N_PROCEDURAL_TEXTURES = 64
 
 def build_pool(
     config: RunConfig, category: Category, seen: tuple, rng: np.random.Generator
-) -> tuple[TrainingPool, dict[str, Any]]:
-    """Load normal images and seen anomalies, estimate foregrounds, get textures."""
+) -> tuple[TrainingPool, TrainingPool | None, dict[str, Any]]:
+    """Load normal images and seen anomalies, estimate foregrounds, get textures.
+
+    Returns the training pool, the calibration pool (the held-out normals with the same seen anomalies and
+    textures; None when ``threshold.holdout_fraction`` is 0) and what the run records about its data.
+    """
     size = config.data.image_size
-    normals, _ = load_samples(category.train, size)
+    all_normals, _ = load_samples(category.train, size)
+    held = holdout_indices(len(all_normals), config.threshold.holdout_fraction, config.train.seed)
+    keep = np.setdiff1d(np.arange(len(all_normals)), held)
+    normals = all_normals[keep]
     seen_images, seen_masks = load_samples(seen, size)
     category_type = config.data.category_type
     if category_type == "auto":
@@ -48,16 +56,22 @@ def build_pool(
     else:
         textures = procedural_textures(N_PROCEDURAL_TEXTURES, size, rng)
     pool = TrainingPool(normals, foreground_masks(normals, category_type), seen_images, seen_masks, textures)
+    calibration = None
+    if len(held):
+        held_normals = all_normals[held]
+        fg = foreground_masks(held_normals, category_type)
+        calibration = TrainingPool(held_normals, fg, seen_images, seen_masks, textures)
     seen_rel = relative_paths(seen, category.root)
     info = {
         "category": category.name,
         "category_type": category_type,
         "n_normal": len(normals),
+        "calibration_normals": relative_paths([category.train[i] for i in held], category.root),
         "seen_anomalies": seen_rel,
         "seen_sha256": {rel: file_sha256(s.path) for rel, s in zip(seen_rel, seen, strict=True)},
         "textures": config.data.textures or f"procedural ({N_PROCEDURAL_TEXTURES})",
     }
-    return pool, info
+    return pool, calibration, info
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -80,6 +94,7 @@ def _start_fresh(config: RunConfig, pool: TrainingPool, device: torch.device) ->
         iterations=m.kmeans_iterations,
         seed=config.train.seed,
         device=device,
+        bank_size=m.patch_bank_size if m.prototype_match == "patch" else None,
     )
     return build_prn(config.model, prototypes=[p.to(device) for p in prototypes], encoder=encoder).to(device)
 
@@ -166,6 +181,12 @@ def _validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
     category = scan_category(config.data.root)
     seen, _ = held_out_split(category, config.data.seen_anomalies, config.train.seed)
     kind_fractions(config.synth, len(seen))
+    try:
+        holdout_indices(len(category.train), config.threshold.holdout_fraction, config.train.seed)
+    except ValueError as exc:
+        raise DataError(
+            f"{category.root / 'train'}: {exc} (set threshold.holdout_fraction 0 to train without thresholds)"
+        ) from exc
     return category, seen
 
 
@@ -183,7 +204,7 @@ def train(
     category, seen = _validated_split(config)
     _prepare_run_folder(paths, resume=resume, overwrite=overwrite)
     seed_everything(config.train.seed)
-    pool, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
+    pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     started = time.perf_counter()
     if resume:
         model, start, optim_state = _load_resume(paths, config, device, info["seen_anomalies"])
@@ -200,6 +221,8 @@ def train(
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     info["resumed_from_iteration"] = start if resume else None
     info["device"] = str(device)
+    if calibration is not None:
+        info["thresholds"] = fit_thresholds(model, calibration, config, device)
     return save_checkpoint(paths.model, model=model, config=config, iteration=config.train.iterations, info=info)
 
 

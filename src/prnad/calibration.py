@@ -1,0 +1,108 @@
+"""Fitting the decision thresholds after training, on a calibration set the test split never contributes to.
+
+The calibration set is the held-out normal training images (label 0, empty masks) and ``n`` simulated
+anomalies made from them (label 1, their masks): extended anomalies (EA, from the seen anomalies), HEA and
+HOA at their training shares, drawn exactly as in training but from generators of their own. The model
+never trained on any of these images: the normals were kept apart before the prototypes were computed.
+
+Shape letters: N held-out normals, M calibration images, S image side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from prnad.config import RunConfig
+from prnad.model import PRN
+from prnad.model.prn import fused_for_inference
+from prnad.thresholds import decision_counts, f1_optimal_threshold, false_alarm_threshold, precision_recall_f1
+from prnad.training.sampler import KINDS, AnomalyStream, TrainingPool, batch_kinds, kind_fractions
+
+_CALIBRATION_STREAM = 2  # third seed word: calibration samples never share a generator with training ones
+
+
+def holdout_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the normal images kept apart: max(1, round(fraction * n)) of ``n``, or none for 0.
+
+    Drawn with ``numpy.random.RandomState(seed)`` (as the seen anomalies); at least one image stays for
+    training, so ``n`` must be >= 2 when ``fraction`` > 0.
+    """
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise ValueError(f"holding out {k} of {n} normal images leaves none to train on")
+    return np.sort(np.random.RandomState(seed).permutation(n)[:k])
+
+
+def _anomaly_kinds(pool: TrainingPool, config: RunConfig, n: int) -> tuple[str, ...]:
+    """The kinds of ``n`` calibration anomalies: the training mix without normal and raw seen images."""
+    shares = kind_fractions(config.synth, len(pool.seen_images))
+    shares["normal"] = shares["seen"] = 0.0
+    total = sum(shares.values())
+    return batch_kinds({k: shares[k] / total for k in KINDS}, n, 0.5)
+
+
+def calibration_set(pool: TrainingPool, config: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (M, S, S, 3) uint8, masks (M, S, S) bool and labels (M,) int: the held-out normals of ``pool``
+    (its ``normals``), then ``config.threshold.calibration_anomalies`` simulated anomalies made from them."""
+    n = config.threshold.calibration_anomalies
+    stream = AnomalyStream(pool, config.synth, seed=config.train.seed, batch_size=n, start=0, stop=n)
+    made = [
+        stream.sample(kind, np.random.default_rng([config.train.seed, i, _CALIBRATION_STREAM]))
+        for i, kind in enumerate(_anomaly_kinds(pool, config, n))
+    ]
+    images = np.concatenate([pool.normals, np.stack([image for image, _ in made])])
+    masks = np.concatenate([np.zeros(pool.normals.shape[:3], dtype=bool), np.stack([m for _, m in made])])
+    labels = np.concatenate([np.zeros(len(pool.normals), dtype=np.int64), np.ones(n, dtype=np.int64)])
+    return images, masks, labels
+
+
+@torch.inference_mode()
+def batched_outputs(
+    model: PRN, images: np.ndarray, device: torch.device, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (M,) float64 and logits (M, S, S) float32 of an eval-mode ``model`` on (M, S, S, 3) uint8."""
+    scores, logits = [], []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device)  # (b, S, S, 3) uint8
+        out = model(batch.permute(0, 3, 1, 2).float().div_(255))
+        scores.append(out.score.double().cpu().numpy())
+        logits.append(out.logits[:, 0].float().cpu().numpy())
+    return np.concatenate(scores), np.concatenate(logits)
+
+
+def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Thresholds for ``model`` (a training-mode PRN: an inference copy is made) from the held-out normals
+    in ``pool.normals`` and anomalies made from them.
+
+    Returns what the checkpoint stores: ``image`` (on the image score) and ``pixel`` (on the map, in
+    [0, 1]), each applied as ``value > threshold``, the method, the calibration scores (so that a
+    false-alarm rate can be set later without data) and the F1 reached on the calibration set.
+    """
+    images, masks, labels = calibration_set(pool, config)
+    scores, logits = batched_outputs(fused_for_inference(model).to(device), images, device)
+    normal_scores = scores[labels == 0]
+    rate = config.threshold.max_false_alarm_rate
+    if rate is None:
+        image_t = f1_optimal_threshold(scores, labels)[0]
+        method = "f1-optimal on held-out normals and simulated anomalies"
+    else:
+        image_t = false_alarm_threshold(normal_scores, rate)
+        method = f"at most {rate:g} of the held-out normals flagged"
+    image_f1 = precision_recall_f1(decision_counts(scores, labels, image_t))["f1"]
+    pixel_logit, pixel_f1 = f1_optimal_threshold(logits, masks)
+    return {
+        "image": image_t,
+        "pixel": float(1.0 / (1.0 + np.exp(-pixel_logit))),
+        "image_method": method,
+        "pixel_method": "f1-optimal over the pixels of held-out normals and simulated anomalies",
+        "max_false_alarm_rate": rate,
+        "calibration_f1": {"image": image_f1, "pixel": pixel_f1},
+        "calibration_anomalies": int(labels.sum()),
+        "normal_scores": [float(s) for s in normal_scores],
+        "anomaly_scores": [float(s) for s in scores[labels == 1]],
+    }

@@ -1,0 +1,242 @@
+"""Export of the whole PRN into one graph (ONNX, OpenVINO IR) and the engines that run it.
+
+The graph takes RGB images (B, 3, S, S) float32 in [0, 1], B dynamic, and holds everything: input
+normalisation, encoder, prototype matching, both MF1 blocks, MSA, MF2, decoder and the top-K image score.
+Outputs: ``logits`` (B, 1, S, S), ``anomaly_map`` = sigmoid(logits) (B, 1, S, S) and ``score`` (B,), the
+mean of the top-K pixels of the map in float32 (PyTorch computes it in float64; the two agree to ~1e-7
+below the float32 saturation of the sigmoid). An engine returns the same :class:`~prnad.model.prn.PRNOutput`
+as the PyTorch model, so that :class:`prnad.Detector` predicts and evaluates through one path.
+
+Export files live in the run folder, under ``export/``, beside a JSON record of the model file they came
+from (its SHA-256): an engine whose export is missing or stale re-exports first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from prnad.errors import CheckpointError, ConfigError
+from prnad.model import PRN
+from prnad.model.prn import PRNOutput, gaussian_blur
+
+Format = Literal["onnx", "openvino"]
+ENGINES = ("torch", "onnxruntime", "openvino")
+OPSET = 18
+INPUT, OUTPUTS = "images", ("logits", "anomaly_map", "score")
+
+
+class ExportGraph(nn.Module):
+    """PRN as a graph with tensor outputs: images (B, 3, S, S) -> logits, anomaly_map (B, 1, S, S), score (B,)."""
+
+    def __init__(self, model: PRN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model(images).logits  # (B, 1, S, S); the float64 score of PRN.forward is unused and pruned
+        amap = torch.sigmoid(logits)
+        ranked = gaussian_blur(amap, self.model.score_smoothing) if self.model.score_smoothing > 0 else amap
+        flat = ranked.flatten(1)  # (B, S*S)
+        score = flat.topk(min(self.model.topk, flat.shape[1]), dim=1).values.mean(1)  # (B,) float32
+        return logits, amap, score
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+@contextlib.contextmanager
+def _modes_kept(model: nn.Module):
+    """Restore every submodule's own train/eval mode afterwards: ``torch.onnx.export`` resets the whole tree
+    to the top module's mode, which would switch a frozen encoder's BatchNorm to batch statistics."""
+    before = _modes(model)
+    try:
+        yield
+    finally:
+        for name, module in model.named_modules():
+            module.training = before[name]
+
+
+def export_onnx(model: PRN, path: str | Path, *, image_size: int) -> Path:
+    """Write ``model`` (an inference-ready PRN, eval mode) as one ONNX graph with a dynamic batch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = ExportGraph(model).eval()
+    example = torch.rand(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.onnx")
+    with _modes_kept(model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=OPSET,
+            external_data=False,
+        )
+        program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def export_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """Convert an exported ONNX graph into OpenVINO IR (model.xml + model.bin), weights kept in float32."""
+    ov = _import("openvino", "openvino")
+    xml_path = Path(xml_path)
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+def _import(module: str, package: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise ConfigError(f"{module} is not installed: pip install 'prnad[deploy]' (or {package})") from exc
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ExportPaths:
+    """Where a run's exports live: ``<run>/export/model.onnx``, ``<run>/export/openvino/model.xml``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = run_dir / "export"
+        self.onnx = self.root / "model.onnx"
+        self.openvino = self.root / "openvino" / "model.xml"
+        self.record = self.root / "export.json"
+
+    def target(self, fmt: Format) -> Path:
+        return self.onnx if fmt == "onnx" else self.openvino
+
+    def fresh(self, fmt: Format, model_sha256: str) -> bool:
+        """True when the ``fmt`` export exists and was made from the model file with this SHA-256."""
+        if not (self.target(fmt).is_file() and self.record.is_file()):
+            return False
+        try:
+            record = json.loads(self.record.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return record.get("model_sha256") == model_sha256 and fmt in record.get("formats", [])
+
+    def write_record(self, fmt: Format, model_sha256: str) -> None:
+        record = {"model_sha256": model_sha256, "formats": []}
+        if self.record.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                old = json.loads(self.record.read_text())
+                if old.get("model_sha256") == model_sha256:
+                    record = old
+        record["formats"] = sorted({*record["formats"], fmt, "onnx"})
+        record.update(opset=OPSET, inputs={INPUT: "(B, 3, S, S) float32 RGB in [0, 1]"}, outputs=list(OUTPUTS))
+        self.record.write_text(json.dumps(record, indent=2))
+
+
+def export_run(model: PRN, run_dir: Path, model_file: Path, fmt: Format, *, image_size: int) -> Path:
+    """Export a run's model as ``fmt`` into ``<run>/export/`` (ONNX first: OpenVINO is converted from it)."""
+    if fmt not in ("onnx", "openvino"):
+        raise ConfigError(f"export format must be onnx or openvino, got {fmt!r}")
+    paths, sha = ExportPaths(run_dir), file_sha256(model_file)
+    if not paths.fresh("onnx", sha):
+        _import("onnx", "onnx onnxscript")
+        export_onnx(model, paths.onnx, image_size=image_size)
+    if fmt == "openvino" and not paths.fresh("openvino", sha):
+        export_openvino(paths.onnx, paths.openvino)
+    paths.write_record(fmt, sha)
+    return paths.target(fmt)
+
+
+# ------------------------------------------------------------------------------------------------- engines
+
+
+def _output(logits: np.ndarray, amap: np.ndarray, score: np.ndarray) -> PRNOutput:
+    return PRNOutput(
+        logits=torch.from_numpy(np.ascontiguousarray(logits)),
+        anomaly_map=torch.from_numpy(np.ascontiguousarray(amap)),
+        score=torch.from_numpy(np.ascontiguousarray(score)).double(),
+    )
+
+
+class OnnxRuntimeEngine:
+    """An exported graph run by ONNX Runtime on the CPU, thread spinning off (it would steal the cores of
+    the image reading and of any other process); called like the PRN module, returns a PRNOutput."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        ort = _import("onnxruntime", "onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for a corrupt file
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+
+    def eval(self) -> OnnxRuntimeEngine:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> PRNOutput:
+        outputs = self.session.run(list(OUTPUTS), {INPUT: images.detach().cpu().float().numpy()})
+        return _output(*outputs)
+
+
+class OpenVinoEngine:
+    """OpenVINO IR run on the CPU, pinned to float32 (the CPU plugin would otherwise pick bf16 where the
+    processor has it); returns a PRNOutput."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        ov = _import("openvino", "openvino")
+        config = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+        }
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with its own message for a corrupt file
+            raise CheckpointError(f"{path}: OpenVINO cannot load it ({exc})") from exc
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [self.compiled.output(name) for name in OUTPUTS]
+
+    def eval(self) -> OpenVinoEngine:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> PRNOutput:
+        result = self.request.infer({INPUT: images.detach().cpu().float().numpy()})
+        return _output(*(np.array(result[o]) for o in self.outputs))
+
+
+def load_engine(engine: str, model: PRN, run_dir: Path | None, model_file: Path | None, image_size: int):
+    """The callable that runs ``model``: the module itself for ``torch``, else its export (made if needed)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "torch":
+        return model
+    if run_dir is None or model_file is None:
+        raise ConfigError(f"engine {engine!r} runs a run folder's export: load the model with prnad.load(run)")
+    fmt: Format = "onnx" if engine == "onnxruntime" else "openvino"
+    path = export_run(model, run_dir, model_file, fmt, image_size=image_size)
+    return OnnxRuntimeEngine(path) if engine == "onnxruntime" else OpenVinoEngine(path)

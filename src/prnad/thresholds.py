@@ -1,0 +1,91 @@
+"""Decision thresholds: pure functions from calibration scores to a threshold, and the counts at one.
+
+A value is anomalous when it is strictly above the threshold (``score > t``). Thresholds are fitted on a
+calibration set that the test split never contributes to (see :mod:`prnad.calibration`): held-out normal
+training images and anomalies made from them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _descending_groups(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores, descending, with the positives and negatives in each group of equal scores.
+
+    scores (n,) float, positive (n,) bool -> values (g,), positives (g,) int64, negatives (g,) int64.
+    """
+    values, inverse = np.unique(scores, return_inverse=True)  # ascending
+    pos = np.bincount(inverse, weights=positive, minlength=len(values)).astype(np.int64)
+    total = np.bincount(inverse, minlength=len(values)).astype(np.int64)
+    return values[::-1], pos[::-1], (total - pos)[::-1]
+
+
+def _between(above: float, below: float) -> float:
+    """A threshold strictly between two distinct values ``below < above``: their midpoint (or ``below``
+    when the midpoint rounds onto ``above``), so that ``above > t >= below``."""
+    mid = below + (above - below) / 2
+    return mid if below <= mid < above else below
+
+
+def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold t that maximises F1 of the decision ``score > t``, and that F1.
+
+    scores and labels of any equal shape (flattened), labels 0/1 with at least one positive. Only cuts
+    between distinct scores are candidates (tied scores take the same decision). Among cuts of equal F1
+    the one that flags the fewest values wins, and t lies midway between the lowest flagged score and the
+    highest unflagged one: the widest margin on both sides, not a threshold glued to the anomalies.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(labels).ravel().astype(bool)
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores and labels differ in size: {scores.size} and {positive.size}")
+    if not positive.any():
+        raise ValueError("labels hold no positive: an F1-optimal threshold needs anomalies")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    values, pos, neg = _descending_groups(scores, positive)
+    tp, fp = np.cumsum(pos), np.cumsum(neg)  # flagging groups 0..i
+    f1 = 2 * tp / (tp + fp + positive.sum())  # 2TP / (2TP + FP + FN), FN = P - TP
+    best = int(np.argmax(f1))  # first maximum: fewest values flagged
+    if best + 1 < len(values):
+        return _between(values[best], values[best + 1]), float(f1[best])
+    return float(np.nextafter(values[-1], -np.inf)), float(f1[best])
+
+
+def false_alarm_threshold(normal_scores: np.ndarray, rate: float) -> float:
+    """The lowest threshold t at which at most ``rate`` of ``normal_scores`` are flagged (``score > t``).
+
+    With n normal scores, at most floor(rate * n) of them lie above t; t is the next-highest normal score,
+    so that any score above every allowed false alarm's level is flagged.
+    """
+    normal = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]  # descending
+    if normal.size == 0:
+        raise ValueError("no normal scores to set a false-alarm rate on")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"the false-alarm rate must be in [0, 1], got {rate}")
+    allowed = int(np.floor(rate * normal.size + 1e-9))
+    if allowed >= normal.size:
+        return float(np.nextafter(normal[-1], -np.inf))
+    return float(normal[allowed])
+
+
+def decision_counts(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, int]:
+    """True/false positives and negatives of ``score > threshold`` against 0/1 ``labels`` (any equal shape)."""
+    flagged = np.asarray(scores).ravel() > threshold
+    positive = np.asarray(labels).ravel().astype(bool)
+    if flagged.shape != positive.shape:
+        raise ValueError(f"scores and labels differ in size: {flagged.size} and {positive.size}")
+    tp = int(np.count_nonzero(flagged & positive))
+    fp = int(np.count_nonzero(flagged & ~positive))
+    fn = int(np.count_nonzero(~flagged & positive))
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": int(positive.size - tp - fp - fn)}
+
+
+def precision_recall_f1(counts: dict[str, int]) -> dict[str, float]:
+    """Precision, recall and F1 from :func:`decision_counts`; 0 where a ratio has an empty denominator."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}

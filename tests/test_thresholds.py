@@ -1,0 +1,217 @@
+"""Decision thresholds: the pure functions against hand-computed cases and scikit-learn, the calibration
+that fits them without the test split, and the decisions that predict and evaluate make with them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score
+
+import prnad
+from prnad.calibration import calibration_set, holdout_indices
+from prnad.config import build_config
+from prnad.errors import ConfigError, DataError
+from prnad.thresholds import decision_counts, f1_optimal_threshold, false_alarm_threshold, precision_recall_f1
+from prnad.training import trainer
+from tests.conftest import tiny_overrides
+
+# ------------------------------------------------------------------------------------------ pure functions
+
+
+def test_f1_optimal_threshold_by_hand():
+    # flag top 1: F1 2/3; top 2: 1/2; top 3 (0.9, 0.4, 0.3): TP 2, FP 1, FN 0 -> 4/5; top 4: 2/3; all: 4/7
+    t, f1 = f1_optimal_threshold(np.array([0.1, 0.2, 0.3, 0.4, 0.9]), np.array([0, 0, 1, 0, 1]))
+    assert t == pytest.approx(0.25) and f1 == pytest.approx(0.8)
+
+
+def test_f1_optimal_threshold_separable_sets_take_the_middle_of_the_gap():
+    t, f1 = f1_optimal_threshold(np.array([0.1, 0.2, 0.6, 0.8]), np.array([0, 0, 1, 1]))
+    assert t == pytest.approx(0.4) and f1 == 1.0
+
+
+def test_f1_optimal_threshold_when_everything_is_flagged():
+    t, f1 = f1_optimal_threshold(np.array([0.3, 0.7]), np.array([1, 1]))
+    assert t < 0.3 and f1 == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_f1_optimal_threshold_matches_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 1.0, 1.0), 1)  # rounded: many ties
+    t, f1 = f1_optimal_threshold(scores, labels)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        best = np.nanmax(2 * precision * recall / (precision + recall))
+    assert f1 == pytest.approx(best, abs=1e-12)
+    assert f1_score(labels, scores > t) == pytest.approx(f1, abs=1e-12)  # the threshold gives that F1
+
+
+def test_f1_optimal_threshold_refuses_no_anomalies_and_nan():
+    with pytest.raises(ValueError, match="no positive"):
+        f1_optimal_threshold(np.array([0.1, 0.2]), np.array([0, 0]))
+    with pytest.raises(ValueError, match="finite"):
+        f1_optimal_threshold(np.array([np.nan, 0.2]), np.array([1, 0]))
+
+
+def test_false_alarm_threshold_by_hand():
+    normal = np.arange(1, 11) / 10  # 0.1 .. 1.0
+    assert false_alarm_threshold(normal, 0.1) == pytest.approx(0.9)  # only 1.0 is above
+    assert false_alarm_threshold(normal, 0.0) == pytest.approx(1.0)  # nothing above
+    assert false_alarm_threshold(normal, 0.25) == pytest.approx(0.8)  # floor(2.5) = 2 above
+    assert np.count_nonzero(normal > false_alarm_threshold(normal, 1.0)) == 10
+    with pytest.raises(ValueError):
+        false_alarm_threshold(normal, 1.5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_decision_counts_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels, scores = rng.integers(0, 2, 200), rng.random(200)
+    counts = decision_counts(scores, labels, 0.6)
+    assert sum(counts.values()) == 200
+    got = precision_recall_f1(counts)
+    predicted = scores > 0.6
+    assert got["precision"] == pytest.approx(precision_score(labels, predicted))
+    assert got["recall"] == pytest.approx(recall_score(labels, predicted))
+    assert got["f1"] == pytest.approx(f1_score(labels, predicted))
+    assert precision_recall_f1({"tp": 0, "fp": 0, "fn": 3, "tn": 5}) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_holdout_indices():
+    held = holdout_indices(209, 0.1, 0)
+    assert len(held) == 21 and len(set(held)) == 21 and list(held) == sorted(held)
+    assert list(holdout_indices(209, 0.1, 0)) == list(held) and list(holdout_indices(209, 0.1, 1)) != list(held)
+    assert len(holdout_indices(10, 0.0, 0)) == 0 and len(holdout_indices(3, 0.01, 0)) == 1
+    with pytest.raises(ValueError, match="leaves none"):
+        holdout_indices(1, 0.5, 0)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _overrides(root: Path, **threshold: object) -> dict:
+    values = tiny_overrides(root)
+    values["threshold"] = {"holdout_fraction": 0.2, "calibration_anomalies": 8, **threshold}
+    return values
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_category: Path, tmp_path_factory: pytest.TempPathFactory) -> prnad.Detector:
+    out = tmp_path_factory.mktemp("thresholds") / "run"
+    return prnad.train(tiny_category, out, overrides=_overrides(tiny_category))
+
+
+def test_training_stores_thresholds_from_held_out_normals(detector: prnad.Detector):
+    fitted = detector.info["thresholds"]
+    assert detector.info["n_normal"] == 8 and len(detector.info["calibration_normals"]) == 2
+    assert all(p.startswith("train/good/") for p in detector.info["calibration_normals"])
+    assert len(fitted["normal_scores"]) == 2 and len(fitted["anomaly_scores"]) == 8
+    assert detector.image_threshold == fitted["image"] and 0.0 <= detector.pixel_threshold <= 1.0
+    scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
+    labels = np.array([0, 0] + [1] * 8)
+    assert fitted["image"] == pytest.approx(f1_optimal_threshold(scores, labels)[0])
+
+
+def test_calibration_set_is_the_held_out_normals_then_simulated_anomalies(tiny_category: Path):
+    config = build_config(_overrides(tiny_category))
+    category, seen = trainer._validated_split(config)
+    _, calibration, _ = trainer.build_pool(config, category, seen, np.random.default_rng(0))
+    images, masks, labels = calibration_set(calibration, config)
+    assert images.shape == (2 + 8, 64, 64, 3) and list(labels) == [0, 0] + [1] * 8
+    assert not masks[:2].any() and all(m.any() for m in masks[2:])
+    again = calibration_set(calibration, config)
+    assert np.array_equal(images, again[0]) and np.array_equal(masks, again[1])  # a pure function of the seed
+
+
+def _replace_held_out_test_images(data: Path, seen: list[str]) -> None:
+    """Overwrite every test image and mask that is not a seen anomaly with other pixels (same size)."""
+    rng = np.random.default_rng(123)
+    for path in sorted((data / "test").rglob("*.png")):
+        if path.relative_to(data).as_posix() not in seen:
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            from PIL import Image
+
+            Image.fromarray(pixels).save(path)
+
+
+def test_training_never_reads_the_held_out_test_split(tiny_category: Path, tmp_path: Path, monkeypatch):
+    """The same run on a copy whose held-out test images are replaced gives the same model and thresholds,
+    and no image other than the seen anomalies and their masks is opened under test/ or ground_truth/."""
+    first = prnad.train(tiny_category, tmp_path / "a", overrides=_overrides(tiny_category))
+    seen = first.info["seen_anomalies"]
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_category, copy)
+    _replace_held_out_test_images(copy, seen)
+    opened: list[Path] = []
+    real_open = prnad.data.images.Image.open
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(Path(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(prnad.data.images.Image, "open", recording_open)
+    second = prnad.train(copy, tmp_path / "b", overrides=_overrides(copy))
+    assert second.info["thresholds"] == first.info["thresholds"]
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    outside_train = {p.relative_to(copy).as_posix() for p in opened if p.parts[-3] != "train"}
+    seen_masks = {f"ground_truth/{s.split('/')[1]}/{Path(s).stem}_mask.png" for s in seen}
+    assert outside_train and outside_train <= set(seen) | seen_masks
+
+
+def test_false_alarm_rate_at_training(tiny_category: Path, tmp_path: Path):
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, max_false_alarm_rate=0.0))
+    normal = run.info["thresholds"]["normal_scores"]
+    assert run.image_threshold == max(normal)  # no held-out normal is flagged
+    assert run.false_alarm_threshold(0.5) == min(normal)  # one of the two may be flagged
+    with pytest.raises(ConfigError, match="false-alarm rate"):
+        run.false_alarm_threshold(1.5)
+
+
+def test_too_few_normals_to_hold_out(tiny_category: Path, tmp_path: Path):
+    values = _overrides(tiny_category, holdout_fraction=0.95)
+    with pytest.raises(DataError, match="leaves none"):
+        prnad.train(tiny_category, tmp_path / "run", overrides=values)
+
+
+# ------------------------------------------------------------------------------------ predict, evaluate
+
+
+def test_predict_decides_with_the_thresholds(detector: prnad.Detector, tiny_category: Path):
+    files = sorted((tiny_category / "test").rglob("*.png"))
+    for p in detector.predict(files):
+        assert p.is_anomalous == (p.score > detector.image_threshold)
+        assert p.mask.shape == p.anomaly_map.shape and np.array_equal(p.mask, p.anomaly_map > detector.pixel_threshold)
+    lowest = min(p.score for p in detector.predict(files))
+    assert all(p.is_anomalous for p in detector.predict(files, threshold=lowest - 1e-9))
+    assert not any(p.mask.any() for p in detector.predict(files, pixel_threshold=1.0))
+
+
+def test_evaluate_reports_decisions_at_the_thresholds(detector: prnad.Detector):
+    result = detector.evaluate()
+    at = result["at_threshold"]
+    assert at["image_threshold"] == detector.image_threshold
+    image = at["image"]
+    assert image["tp"] + image["fp"] + image["fn"] + image["tn"] == result["test_images"]
+    assert image["tp"] + image["fn"] == result["test_anomalous"]
+    assert image["f1"] == pytest.approx(100 * precision_recall_f1(image)["f1"], abs=1e-3)
+    assert sum(at["pixel"][k] for k in ("tp", "fp", "fn", "tn")) == result["test_images"] * 64 * 64
+    assert "F1" in prnad.api.format_table(result)
+
+
+def test_a_run_without_held_out_normals_has_no_decisions(tiny_category: Path, tmp_path: Path):
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, holdout_fraction=0.0))
+    assert run.image_threshold is None and "thresholds" not in run.info
+    p = run.predict(tiny_category / "test" / "good" / "000.png")
+    assert p.is_anomalous is None and p.mask is None
+    assert run.evaluate()["at_threshold"] is None
+    out = tmp_path / "pred"
+    list(prnad.predict_folder(run, [tiny_category / "test" / "good"], out))
+    assert not list(out.glob("*_mask.png")) and len(list(out.glob("*_overlay.png"))) == 3
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["is_anomalous"] for r in rows] == [None] * 3
