@@ -107,6 +107,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "seed": seed,
         "metrics": result["metrics"],
         "per_type": result["per_type"],
+        "at_threshold": result.get("at_threshold"),
+        "thresholds": {k: v for k, v in (info.get("thresholds") or {}).items() if not k.endswith("_scores")},
         "metrics_float32_sigmoid": saturated_metrics(
             out / "maps", Path(args.data), config["data"]["image_size"], config["model"]["topk"]
         ),
@@ -188,11 +190,30 @@ def _per_type_rows(data: dict) -> list[str]:
     return lines
 
 
+def _decision_rows(data: dict) -> list[str]:
+    runs = [r for r in data["runs"].values() if r.get("at_threshold")]
+    if not runs:
+        return []
+    lines = ["", "At the thresholds fitted on held-out normals and simulated anomalies (never the test set):", ""]
+    lines += [
+        "| seed | image threshold | image precision | image recall | image F1 | pixel threshold | pixel precision "
+        "| pixel recall | pixel F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        at, i, p = r["at_threshold"], r["at_threshold"]["image"], r["at_threshold"]["pixel"]
+        lines.append(
+            f"| {r['seed']} | {at['image_threshold']:.4f} | {i['precision']:.1f} | {i['recall']:.1f} | {i['f1']:.1f} | "
+            f"{at['pixel_threshold']:.4f} | {p['precision']:.1f} | {p['recall']:.1f} | {p['f1']:.1f} |"
+        )
+    return lines
+
+
 def write_markdown(path: Path, data: dict) -> None:
     first = next(iter(data["runs"].values()))
     lines = [f"# PRN on MVTec AD {data['category']}", "", "Commands, one per seed:", ""]
     lines += [f"- seed {r['seed']}: `{r['command']}` ({r['machine']}, {r['date']})" for r in data["runs"].values()]
-    lines += ["", *_metric_rows(data), "", *_seed_rows(data), *_per_type_rows(data)]
+    lines += ["", *_metric_rows(data), "", *_seed_rows(data), *_decision_rows(data), *_per_type_rows(data)]
     enc = first["encoder"]
     lines += [
         "",

@@ -1,10 +1,15 @@
-"""Benchmark: inference time per image (batch 1, 256x256) of the encoder alone and of the whole PRN.
+"""Benchmark: inference speed of a trained run, per engine, batch 1 and 16, encoder alone and whole PRN,
+and a per-part profile of the PyTorch model.
 
-    python benchmarks/speed.py --backbones resnet18 mobilenet_v2
+    python benchmarks/speed.py --run runs/bottle/seed0                # a trained run (weights as trained)
+    python benchmarks/speed.py --config configs/mobilenet_v2_tf.yaml  # random weights, same shapes
 
-Time depends on shapes, not weight values, so random weights stand in (prototypes: 21 per scale, as for
-209 normal images at the 10% ratio). The model is timed as evaluation runs it (BatchNorms folded).
-Writes ``benchmarks/results/speed.json`` and ``.md``.
+Times are wall-clock per call (ms per image = per call / batch), median over ``--repeats`` after
+``--warmup`` untimed calls, input already a float tensor (decoding excluded), on the threads torch has
+(``--threads``). Engines: ``torch`` (the BatchNorm-folded eval model), ``onnxruntime`` and ``openvino``
+(the run's exported graph, float32, spinning off); engines that are not installed are skipped and said so.
+The per-part profile runs the PyTorch model's forward stage by stage (and checks that the stages give the
+model's own logits). Writes ``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
 """
 
 from __future__ import annotations
@@ -15,89 +20,330 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from prnad.config import EncoderConfig, ModelConfig
+import prnad
+from prnad.config import build_config, load_yaml
+from prnad.export import (
+    ENGINES,
+    OnnxRuntimeEngine,
+    OpenVinoEngine,
+    compile_openvino,
+    export_onnx,
+    export_openvino,
+)
 from prnad.model import build_encoder, build_prn
-from prnad.model.prn import fused_for_inference
+from prnad.model.prn import PRN, fused_for_inference, topk_score
 from prnad.utils import device_name, resolve_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+PARTS = ("encoder", "prototype matching", "MF1 (features + residuals)", "MSA", "MF2", "decoder", "upsample + score")
 
 
-def time_ms(fn, x: torch.Tensor, device: torch.device, *, warmup: int, repeats: int) -> list[float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable, x: torch.Tensor, device: torch.device, *, warmup: int, repeats: int) -> list[float]:
     """Per-call wall times in ms of ``fn(x)`` after ``warmup`` untimed calls."""
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             start = time.perf_counter()
             fn(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000)
     return times
 
 
-def measure(backbone: str, device: torch.device, args: argparse.Namespace) -> dict:
-    tf = backbone == "mobilenet_v2"  # the offline weights' padding, as the bottle benchmark uses it
-    config = ModelConfig(encoder=EncoderConfig(backbone=backbone, weights="random", tf_same_padding=tf))
+def random_model(config_path: str | None, prototypes: int) -> tuple[PRN, int]:
+    """A PRN with random weights and ``prototypes`` random prototypes per scale (timing depends on shapes)."""
+    config = build_config(load_yaml(config_path) if config_path else {}, {"model": {"encoder": {"weights": "random"}}})
     torch.manual_seed(0)
-    encoder = build_encoder(config.encoder)
-    protos = [
-        torch.randn(21, c, 256 // r, 256 // r) for c, r in zip(encoder.channels[:3], encoder.reductions, strict=False)
-    ]
-    model = fused_for_inference(build_prn(config, prototypes=protos, encoder=encoder)).to(device)
-    x = torch.rand(1, 3, 256, 256, device=device)
-    enc = time_ms(model.encoder, x, device, warmup=args.warmup, repeats=args.repeats)
-    full = time_ms(model, x, device, warmup=args.warmup, repeats=args.repeats)
-    return {
-        "backbone": backbone,
-        "tf_same_padding": tf,
-        "encoder_ms_median": round(statistics.median(enc), 2),
-        "prn_ms_median": round(statistics.median(full), 2),
-        "prn_ms_mean": round(statistics.fmean(full), 2),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
+    encoder = build_encoder(config.model.encoder)
+    size = config.data.image_size
+    shapes = zip(encoder.channels[:3], encoder.reductions, strict=False)
+    protos = [torch.randn(prototypes, c, size // r, size // r) for c, r in shapes]
+    return fused_for_inference(build_prn(config.model, prototypes=protos, encoder=encoder)), size
 
 
-def main(argv: list[str] | None = None) -> None:
+class EncoderOnly(torch.nn.Module):
+    """The encoder's four maps as a tuple (an exportable graph)."""
+
+    def __init__(self, model: PRN) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.encoder(images))
+
+
+def _export_encoder(model: PRN, path: Path, size: int) -> Path:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(
+        EncoderOnly(model).eval(),
+        (torch.rand(2, 3, size, size),),
+        dynamo=True,
+        input_names=["images"],
+        dynamic_shapes={"images": {0: batch}},
+        external_data=False,
+    )
+    program.save(str(path), external_data=False)
+    return path
+
+
+class _RawOrt(OnnxRuntimeEngine):
+    def __call__(self, images: torch.Tensor):
+        return self.session.run(None, {"images": images.numpy()})
+
+
+class _RawOv:
+    def __init__(self, path: Path) -> None:
+        self.request = compile_openvino(path).create_infer_request()
+
+    def __call__(self, images: torch.Tensor):
+        return self.request.infer({"images": images.numpy()})
+
+
+def runners(model: PRN, size: int, engines: list[str], folder: Path, skipped: dict) -> dict[str, dict[str, Callable]]:
+    """Per engine, callables for the whole model and for the encoder alone."""
+    out: dict[str, dict[str, Callable]] = {}
+    if "torch" in engines:
+        out["torch"] = {"whole": model, "encoder": model.encoder}
+    wanted = [e for e in engines if e != "torch"]
+    if not wanted:
+        return out
+    try:
+        whole = export_onnx(model, folder / "model.onnx", image_size=size)
+        encoder = _export_encoder(model, folder / "encoder.onnx", size)
+    except Exception as exc:  # onnx/onnxscript missing: say so, time the rest
+        skipped.update({e: f"export failed: {exc}"[:200] for e in wanted})
+        return out
+    for engine in wanted:
+        try:
+            if engine == "onnxruntime":
+                out[engine] = {"whole": OnnxRuntimeEngine(whole), "encoder": _RawOrt(encoder)}
+            else:
+                xml_w = export_openvino(whole, folder / "ov" / "model.xml")
+                xml_e = export_openvino(encoder, folder / "ov" / "encoder.xml")
+                out[engine] = {"whole": OpenVinoEngine(xml_w), "encoder": _RawOv(xml_e)}
+        except Exception as exc:
+            skipped[engine] = str(exc)[:200]
+    return out
+
+
+@torch.inference_mode()
+def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms of each part of PRN's forward on ``x``, run stage by stage (same order as PRN.forward)."""
+    times: dict[str, list[float]] = {p: [] for p in PARTS}
+
+    def timed(part: str, fn: Callable, *args):
+        _sync(device)
+        start = time.perf_counter()
+        result = fn(*args)
+        _sync(device)
+        times[part].append((time.perf_counter() - start) * 1000)
+        return result
+
+    logits = None
+    for _ in range(warmup + repeats):
+        *features, bottom = timed("encoder", model.encoder, x)
+        residuals = timed("prototype matching", model.residuals, features)
+        joint = timed(
+            "MF1 (features + residuals)",
+            lambda f, r: [
+                torch.cat([a, b], 1) for a, b in zip(model.feature_fusion(f), model.residual_fusion(r), strict=True)
+            ],
+            features,
+            residuals,
+        )
+        attended = timed("MSA", lambda j: [m(t) for m, t in zip(model.attention, j, strict=True)], joint)
+        fused = timed("MF2", model.output_fusion, attended)
+
+        def decode(b, skips):
+            y = b
+            for block, skip in zip(model.decoder.blocks, reversed(skips), strict=True):
+                y = block(y, skip)
+            return model.decoder.head(y)  # (B, 1, S/4, S/4)
+
+        low = timed("decoder", decode, bottom, fused)
+        logits = timed(
+            "upsample + score",
+            lambda y: (lambda full: (full, topk_score(full, model.topk)))(
+                F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            ),
+            low,
+        )[0]
+    torch.testing.assert_close(logits, model(x).logits)  # the stages are the model
+    return {p: round(statistics.median(t[warmup:]), 3) for p, t in times.items()}
+
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class CudaGraphRunner:
+    """``model`` captured once as a CUDA graph for a fixed input shape: replay copies the input into a static
+    buffer and re-launches every kernel at once, without per-op Python or launch overhead (batch-1 latency)."""
+
+    def __init__(self, model: PRN, example: torch.Tensor, dtype: torch.dtype | None) -> None:
+        self.model, self.dtype = model, dtype
+        self.static_in = example.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):  # warm-up on a side stream, as capture requires
+                self._forward(self.static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.inference_mode():
+            self.static_out = self._forward(self.static_in)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None):
+            return self.model(x).logits
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out
+
+
+def _autocast(model: PRN, dtype: torch.dtype | None, device: torch.device) -> Callable:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return model(x).logits
+
+    return run
+
+
+def gpu_rows(model: PRN, size: int, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """Batch-1 latency and large-batch throughput per precision, eager and CUDA-graph, with the largest map
+    difference to float32 eager (the tolerance the reduced precisions keep)."""
+    rows = []
+    probe = torch.rand(4, 3, size, size, device=device)
+    with torch.inference_mode():
+        reference = torch.sigmoid(model(probe).logits)
+    for precision in args.precisions:
+        dtype = PRECISIONS[precision]
+        with torch.inference_mode():
+            diff = (torch.sigmoid(_autocast(model, dtype, device)(probe).float()) - reference).abs().max()
+        for batch in (1, args.throughput_batch):
+            x = torch.rand(batch, 3, size, size, device=device)
+            modes = {"eager": _autocast(model, dtype, device)}
+            if device.type == "cuda":
+                modes["cuda graph"] = CudaGraphRunner(model, x, dtype)
+            for mode, fn in modes.items():
+                ms = statistics.median(time_ms(fn, x, device, warmup=args.warmup, repeats=args.repeats))
+                row = {"engine": f"torch {mode}", "precision": precision, "part": "whole", "batch": batch}
+                row |= {"ms_per_call": round(ms, 4), "ms_per_image": round(ms / batch, 4)}
+                row |= {"images_per_s": round(1000 * batch / ms, 1), "max_map_diff_vs_fp32": float(diff)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbones", nargs="+", default=["resnet18", "mobilenet_v2"])
+    p.add_argument("--run", help="trained run folder (default: random weights, --config's shapes)")
+    p.add_argument("--config", help="YAML config for the random-weights model (default: the defaults)")
+    p.add_argument("--prototypes", type=int, default=21, help="prototypes per scale of the random model")
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=50)
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--name", default="speed", help="results file stem (default speed)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "bf16"], choices=list(PRECISIONS))
+    p.add_argument("--throughput-batch", type=int, default=256, help="large batch for GPU throughput")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _args(argv)
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    rows = [measure(b, device, args) for b in args.backbones]
+    if args.run:
+        detector = prnad.load(args.run, device="cpu")
+        model, size, source = detector.model, detector.image_size, args.run
+        backbone = detector.config.model.encoder.backbone
+    else:
+        model, size = random_model(args.config, args.prototypes)
+        source, backbone = f"random weights ({args.config or 'defaults'})", None
+    model = model.to(device).eval()
+    engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
+    skipped: dict[str, str] = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine, parts in runners(model.cpu(), size, engines, Path(tmp), skipped).items():
+            target = device if engine == "torch" else torch.device("cpu")
+            if engine == "torch":
+                parts = {k: v.to(target) for k, v in parts.items()}
+            for batch in args.batches:
+                x = torch.rand(batch, 3, size, size, device=target)
+                for part, fn in parts.items():
+                    ms = statistics.median(time_ms(fn, x, target, warmup=args.warmup, repeats=args.repeats))
+                    row = {"engine": engine, "part": part, "batch": batch, "ms_per_call": round(ms, 3)}
+                    row["ms_per_image"] = round(ms / batch, 3)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    model = model.to(device)
+    if device.type == "cuda":
+        rows += gpu_rows(model, size, device, args)
+    profile = profile_parts(model, torch.rand(1, 3, size, size, device=device), device, args.warmup, args.repeats)
     data = {
         "device": device_name(device),
+        "threads": args.threads,
         "machine": platform.node(),
         "date": dt.date.today().isoformat(),
         "torch": torch.__version__,
+        "model": source,
+        "backbone": backbone or build_config(load_yaml(args.config) if args.config else {}).model.encoder.backbone,
+        "image_size": size,
         "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
+        "skipped": skipped,
+        "profile_torch_b1_ms": profile,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(data, indent=2) + "\n")
+    write(Path(args.results), args.name, data)
+    return data
+
+
+def write(folder: Path, name: str, data: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
-        f"# Inference speed, batch 1, 256x256 ({data['device']}, torch {data['torch']}, {data['date']})",
+        f"# Inference speed ({data['device']}, {data['threads']} threads, {data['date']})",
         "",
+        f"Model: {data['model']} ({data['backbone']}, {data['image_size']} px). torch {data['torch']}.",
         f"Command: `{data['command']}`",
         "",
-        "| backbone | encoder ms (median) | PRN ms (median) | PRN ms (mean) | trainable params |",
-        "|---|---|---|---|---|",
+        "Median wall time per call after warm-up, input a float tensor (no decoding); ms per image = per call / batch.",
+        "",
+        "| engine | precision | part | batch | ms per call | ms per image | images/s | max map diff to fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['backbone']} | {r['encoder_ms_median']} | {r['prn_ms_median']} | {r['prn_ms_mean']} | {r['trainable_parameters']:,} |"
-        for r in rows
+        f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['part']} | {r['batch']} | {r['ms_per_call']:.3f} | "
+        f"{r['ms_per_image']:.3f} | {1000 * r['batch'] / r['ms_per_call']:.0f} | {r.get('max_map_diff_vs_fp32', '')} |"
+        for r in data["rows"]
     ]
-    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+    lines += [f"| {e} | | skipped: {why} | | | | | |" for e, why in data["skipped"].items()]
+    total = sum(data["profile_torch_b1_ms"].values())
+    lines += ["", "Per-part profile, PyTorch eager, batch 1 (medians; their sum need not equal the whole):", ""]
+    lines += ["| part | ms | share |", "|---|---|---|"]
+    lines += [f"| {p} | {ms:.2f} | {100 * ms / total:.0f} % |" for p, ms in data["profile_torch_b1_ms"].items()]
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

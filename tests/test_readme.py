@@ -14,6 +14,7 @@ FAST = {
     "train": [*FAST_TRAIN, "--seen-anomalies", "2", "--no-progress"],
     "evaluate": [],
     "predict": [],
+    "export": [],
     "synth": ["--image-size", "64", "--seen-anomalies", "2"],
     "demo": ["--iterations", "2", "--image-size", "64", "--no-progress"],
 }
@@ -30,6 +31,8 @@ def test_readme_has_the_issue_commands():
     assert "prnad train --data ../shared/data/mvtec_ad/bottle --out runs/bottle --seed 0" in commands
     assert "prnad evaluate runs/bottle --save-maps runs/bottle/maps" in commands
     assert "prnad demo" in commands
+    assert "prnad export runs/bottle --format openvino" in commands
+    assert any(c.startswith("prnad predict") and "--engine openvino" in c for c in commands)
     assert any(c.startswith("prnad synth --data ../shared/data/mvtec_ad/bottle --textures") for c in commands)
 
 

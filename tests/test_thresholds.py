@@ -9,14 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score
+from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_curve
 
 import prnad
-from prnad.calibration import calibration_set, holdout_indices
 from prnad.config import build_config
 from prnad.errors import ConfigError, DataError
-from prnad.thresholds import decision_counts, f1_optimal_threshold, false_alarm_threshold, precision_recall_f1
+from prnad.thresholds import (
+    balanced_threshold,
+    decision_counts,
+    f1_optimal_threshold,
+    false_alarm_threshold,
+    precision_recall_f1,
+)
 from prnad.training import trainer
+from prnad.training.calibration import calibration_set, holdout_indices
 from tests.conftest import tiny_overrides
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -49,6 +55,30 @@ def test_f1_optimal_threshold_matches_scikit_learn(seed):
         best = np.nanmax(2 * precision * recall / (precision + recall))
     assert f1 == pytest.approx(best, abs=1e-12)
     assert f1_score(labels, scores > t) == pytest.approx(f1, abs=1e-12)  # the threshold gives that F1
+
+
+def test_balanced_threshold_by_hand():
+    # P = 2, N = 3. TPR - FPR: top 1 1/2; top 2 1/2 - 1/3; top 3 (0.9, 0.4, 0.3) 1 - 1/3 = 2/3; top 4 1/3; all 0
+    t, j = balanced_threshold(np.array([0.1, 0.2, 0.3, 0.4, 0.9]), np.array([0, 0, 1, 0, 1]))
+    assert t == pytest.approx(0.25) and j == pytest.approx(2 / 3)
+    # many weak positives do not drag the threshold into the negatives, as F1 does at this class mix
+    scores = np.array([0.1, 0.2, 0.3, 0.35, 0.31, 0.32, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    assert balanced_threshold(scores, labels)[0] > 0.35 > f1_optimal_threshold(scores, labels)[0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_balanced_threshold_matches_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 1.0, 1.0), 1)
+    t, j = balanced_threshold(scores, labels)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    assert j == pytest.approx(np.max(tpr - fpr), abs=1e-12)
+    flagged = scores > t
+    assert flagged[labels == 1].mean() - flagged[labels == 0].mean() == pytest.approx(j, abs=1e-12)
+    with pytest.raises(ValueError, match="no negative"):
+        balanced_threshold(np.array([0.2, 0.3]), np.array([1, 1]))
 
 
 def test_f1_optimal_threshold_refuses_no_anomalies_and_nan():
@@ -114,7 +144,7 @@ def test_training_stores_thresholds_from_held_out_normals(detector: prnad.Detect
     assert detector.image_threshold == fitted["image"] and 0.0 <= detector.pixel_threshold <= 1.0
     scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
     labels = np.array([0, 0] + [1] * 8)
-    assert fitted["image"] == pytest.approx(f1_optimal_threshold(scores, labels)[0])
+    assert fitted["image"] == pytest.approx(balanced_threshold(scores, labels)[0])
 
 
 def test_calibration_set_is_the_held_out_normals_then_simulated_anomalies(tiny_category: Path):
@@ -162,6 +192,15 @@ def test_training_never_reads_the_held_out_test_split(tiny_category: Path, tmp_p
     outside_train = {p.relative_to(copy).as_posix() for p in opened if p.parts[-3] != "train"}
     seen_masks = {f"ground_truth/{s.split('/')[1]}/{Path(s).stem}_mask.png" for s in seen}
     assert outside_train and outside_train <= set(seen) | seen_masks
+
+
+def test_f1_criterion_at_training(tiny_category: Path, tmp_path: Path):
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, image_criterion="f1"))
+    fitted = run.info["thresholds"]
+    scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
+    labels = np.array([0] * len(fitted["normal_scores"]) + [1] * len(fitted["anomaly_scores"]))
+    assert run.image_threshold == pytest.approx(f1_optimal_threshold(scores, labels)[0])
+    assert "F1" in fitted["image_method"]
 
 
 def test_false_alarm_rate_at_training(tiny_category: Path, tmp_path: Path):

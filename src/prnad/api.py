@@ -97,11 +97,12 @@ def train(
     return load(out, device=run_config.train.device)
 
 
-def load(run: str | Path, *, device: str = "auto", engine: str = "torch") -> Detector:
+def load(run: str | Path, *, device: str = "auto", engine: str = "torch", precision: str = "fp32") -> Detector:
     """Load a trained run folder once, for ``predict`` and ``evaluate``.
 
     ``engine``: ``torch`` (default), ``onnxruntime`` or ``openvino`` (CPU; the run's exported graph, made
-    into ``<run>/export/`` on first use; needs ``pip install 'prnad[deploy]'``).
+    into ``<run>/export/`` on first use; needs ``pip install 'prnad[deploy]'``). ``precision``: ``fp32``,
+    or ``fp16``/``bf16`` autocast with the torch engine (for GPUs).
 
     >>> import tempfile, numpy as np, prnad
     >>> from prnad.data import write_tiny_category
@@ -120,7 +121,7 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "torch") -> Det
     >>> sorted(detector.evaluate()["metrics"])
     ['image_auroc', 'pixel_ap', 'pixel_auroc', 'pro']
     """
-    return Detector.from_run(run, device=device, engine=engine)
+    return Detector.from_run(run, device=device, engine=engine, precision=precision)
 
 
 def export(run: str | Path, format: str = "onnx") -> Path:

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this category folder instead of the one the run trained on")
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="torch engine (default fp32)")
 
     p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
     p.add_argument("--data", required=True, help="category folder")
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images read and scored at a time (default 16)")
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="torch engine (default fp32)")
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--threshold", type=float, help="image threshold: score > T is anomalous (default: the run's)")
     limit.add_argument(
@@ -170,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    detector = api.load(args.run, device=args.device, engine=args.engine)
+    detector = api.load(args.run, device=args.device, engine=args.engine, precision=args.precision)
     result = detector.evaluate(args.data, save_maps=args.save_maps)
     print(api.format_table(result))
     print(f"metrics written to {detector.run_dir / 'metrics.json'}")
@@ -196,7 +198,7 @@ def _decision(anomalous: bool | None) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    detector = api.load(args.run, device=args.device, engine=args.engine)
+    detector = api.load(args.run, device=args.device, engine=args.engine, precision=args.precision)
     threshold = args.threshold
     if args.max_false_alarm_rate is not None:
         threshold = detector.false_alarm_threshold(args.max_false_alarm_rate)

@@ -243,13 +243,16 @@ class ThresholdConfig:
 
     A share of the normal training images is kept apart (neither prototypes nor training see them); the
     thresholds are fitted on them and on simulated anomalies (EA, HEA, HOA at their training shares) made
-    from them. Image threshold: F1-optimal on that set, or, with ``max_false_alarm_rate``, the lowest that
-    flags at most that share of the held-out normals. Pixel threshold: F1-optimal over its pixels.
+    from them. Image threshold: ``image_criterion`` on that set (``balanced``: the highest TPR - FPR, which
+    does not depend on how many anomalies per normal the set holds; ``f1``: the highest F1), or, with
+    ``max_false_alarm_rate``, the lowest that flags at most that share of the held-out normals. Pixel
+    threshold: F1-optimal over its pixels.
     """
 
     holdout_fraction: float = 0.1  # share of the normal training images kept apart; 0: no thresholds
     calibration_anomalies: int = 64  # simulated anomalies made from the held-out normals
-    max_false_alarm_rate: float | None = None  # None: F1-optimal image threshold
+    image_criterion: Literal["balanced", "f1"] = "balanced"
+    max_false_alarm_rate: float | None = None  # set: overrides image_criterion
 
     def __post_init__(self) -> None:
         _check(
@@ -258,6 +261,11 @@ class ThresholdConfig:
             f"must be in [0, 1), got {self.holdout_fraction}",
         )
         _check(self.calibration_anomalies >= 1, "threshold.calibration_anomalies", "must be >= 1")
+        _check(
+            self.image_criterion in ("balanced", "f1"),
+            "threshold.image_criterion",
+            f"must be balanced or f1, got {self.image_criterion!r}",
+        )
         rate = self.max_false_alarm_rate
         _check(rate is None or 0.0 <= rate < 1.0, "threshold.max_false_alarm_rate", f"must be in [0, 1), got {rate}")
 

@@ -68,14 +68,15 @@ def _modes_kept(model: nn.Module):
 
 
 def export_onnx(model: PRN, path: str | Path, *, image_size: int) -> Path:
-    """Write ``model`` (an inference-ready PRN, eval mode) as one ONNX graph with a dynamic batch."""
+    """Write ``model`` as one ONNX graph with a dynamic batch, traced in eval mode; every submodule's own
+    mode is restored afterwards, and the model's outputs are unchanged by the export."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ExportGraph(model).eval()
     example = torch.rand(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.onnx")
     with _modes_kept(model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        graph = ExportGraph(model).eval()  # eval for the export only: the caller's modes come back after
         program = torch.onnx.export(
             graph,
             (example,),
@@ -201,6 +202,20 @@ class OnnxRuntimeEngine:
         return _output(*outputs)
 
 
+def compile_openvino(path: Path, *, threads: int | None = None) -> Any:
+    """An OpenVINO IR compiled for the CPU in float32, latency mode, on ``threads`` (default: torch's)."""
+    ov = _import("openvino", "openvino")
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+    }
+    try:
+        return ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as exc:  # OpenVINO raises RuntimeError with its own message for a corrupt file
+        raise CheckpointError(f"{path}: OpenVINO cannot load it ({exc})") from exc
+
+
 class OpenVinoEngine:
     """OpenVINO IR run on the CPU, pinned to float32 (the CPU plugin would otherwise pick bf16 where the
     processor has it); returns a PRNOutput."""
@@ -208,16 +223,7 @@ class OpenVinoEngine:
     name = "openvino"
 
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
-        ov = _import("openvino", "openvino")
-        config = {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-        }
-        try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError with its own message for a corrupt file
-            raise CheckpointError(f"{path}: OpenVINO cannot load it ({exc})") from exc
+        self.compiled = compile_openvino(path, threads=threads)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(name) for name in OUTPUTS]
 

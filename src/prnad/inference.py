@@ -25,7 +25,7 @@ from prnad.errors import CheckpointError, ConfigError, PrnadError
 from prnad.evaluate import check_finite, evaluate_model, write_metrics
 from prnad.export import export_run, load_engine
 from prnad.model import PRN
-from prnad.model.prn import fused_for_inference
+from prnad.model.prn import PRNOutput, fused_for_inference, topk_score
 from prnad.runs import RunPaths
 from prnad.thresholds import false_alarm_threshold
 from prnad.utils import resolve_device
@@ -78,6 +78,29 @@ def _is_single(images: Any) -> bool:
     return isinstance(images, np.ndarray) and images.ndim in (2, 3)
 
 
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ReducedPrecision:
+    """The PyTorch model under autocast in float16 or bfloat16 (matmuls and convs in reduced precision); the
+    logits come back as float32 and the score is computed from them in float64, as in float32."""
+
+    def __init__(self, model: PRN, precision: str, device: torch.device) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.model, self.dtype, self.device_type = model, PRECISIONS[precision], device.type
+        self.name = f"torch {precision}"
+
+    def eval(self) -> ReducedPrecision:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> PRNOutput:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            logits = self.model(images).logits.float()
+        score = topk_score(logits, self.model.topk, smoothing=self.model.score_smoothing)
+        return PRNOutput(logits, torch.sigmoid(logits), score)
+
+
 class Detector:
     """A trained PRN ready for inference: ``predict`` on images, ``evaluate`` on a category folder.
 
@@ -94,6 +117,7 @@ class Detector:
         run_dir: Path | None,
         device: str,
         engine: str = "torch",
+        precision: str = "fp32",
     ):
         self.device = resolve_device(device)
         self.config = config
@@ -105,6 +129,11 @@ class Detector:
         self.engine = engine
         model_file = None if run_dir is None else RunPaths(run_dir).model
         self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size)
+        if precision != "fp32":
+            if engine != "torch":
+                raise ConfigError(f"precision {precision!r} is for engine 'torch'; exported engines run float32")
+            self.runner = ReducedPrecision(self.model, precision, self.device)
+        self.precision = precision
         fitted = info.get("thresholds") or {}
         self.image_threshold: float | None = fitted.get("image")
         self.pixel_threshold: float | None = fitted.get("pixel")
@@ -125,11 +154,14 @@ class Detector:
         return false_alarm_threshold(np.array(normal), rate)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, device: str = "auto", engine: str = "torch") -> Detector:
+    def from_run(
+        cls, run_dir: str | Path, *, device: str = "auto", engine: str = "torch", precision: str = "fp32"
+    ) -> Detector:
         """Load the final model of a run folder (``model.safetensors``); errors name the file.
 
         ``engine``: ``torch`` runs the PyTorch model; ``onnxruntime`` and ``openvino`` run its exported graph
-        (made into ``<run>/export/`` first when missing or older than the model).
+        (made into ``<run>/export/`` first when missing or older than the model). ``precision``: ``fp32``, or
+        ``fp16``/``bf16`` autocast for the PyTorch engine (for GPUs; maps within about 1e-2 of float32).
         """
         paths = RunPaths(Path(run_dir))
         if not paths.root.is_dir():
@@ -141,7 +173,15 @@ class Detector:
             raise CheckpointError(f"{paths.model}: no trained model in {paths.root}{hint}")
         torch_device = resolve_device(device)
         ckpt = load_checkpoint(paths.model, map_location=torch_device)
-        return cls(ckpt.model, ckpt.config, info=ckpt.info, run_dir=paths.root, device=str(torch_device), engine=engine)
+        return cls(
+            ckpt.model,
+            ckpt.config,
+            info=ckpt.info,
+            run_dir=paths.root,
+            device=str(torch_device),
+            engine=engine,
+            precision=precision,
+        )
 
     @property
     def _name(self) -> str:

@@ -1,7 +1,7 @@
 """Decision thresholds: pure functions from calibration scores to a threshold, and the counts at one.
 
 A value is anomalous when it is strictly above the threshold (``score > t``). Thresholds are fitted on a
-calibration set that the test split never contributes to (see :mod:`prnad.calibration`): held-out normal
+calibration set that the test split never contributes to (see :mod:`prnad.training.calibration`): held-out normal
 training images and anomalies made from them.
 """
 
@@ -28,6 +28,29 @@ def _between(above: float, below: float) -> float:
     return mid if below <= mid < above else below
 
 
+def _check_pair(scores: np.ndarray, labels: np.ndarray, need_negative: bool) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(labels).ravel().astype(bool)
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores and labels differ in size: {scores.size} and {positive.size}")
+    if not positive.any():
+        raise ValueError("labels hold no positive: an optimal threshold needs anomalies")
+    if need_negative and positive.all():
+        raise ValueError("labels hold no negative: a balanced threshold needs normal values")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    return scores, positive
+
+
+def _best_cut(values: np.ndarray, gain: np.ndarray) -> float:
+    """The threshold of the cut with the highest ``gain`` (cut i flags the descending ``values[0..i]``); the
+    first maximum (fewest flagged) wins, and the threshold lies midway to the next, unflagged value."""
+    best = int(np.argmax(gain))
+    if best + 1 < len(values):
+        return _between(values[best], values[best + 1])
+    return float(np.nextafter(values[-1], -np.inf))
+
+
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """The threshold t that maximises F1 of the decision ``score > t``, and that F1.
 
@@ -35,22 +58,26 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float,
     between distinct scores are candidates (tied scores take the same decision). Among cuts of equal F1
     the one that flags the fewest values wins, and t lies midway between the lowest flagged score and the
     highest unflagged one: the widest margin on both sides, not a threshold glued to the anomalies.
+    F1 depends on the share of positives: use it where that share is the real one (pixels of a set).
     """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positive = np.asarray(labels).ravel().astype(bool)
-    if scores.shape != positive.shape:
-        raise ValueError(f"scores and labels differ in size: {scores.size} and {positive.size}")
-    if not positive.any():
-        raise ValueError("labels hold no positive: an F1-optimal threshold needs anomalies")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores must be finite")
+    scores, positive = _check_pair(scores, labels, need_negative=False)
     values, pos, neg = _descending_groups(scores, positive)
     tp, fp = np.cumsum(pos), np.cumsum(neg)  # flagging groups 0..i
     f1 = 2 * tp / (tp + fp + positive.sum())  # 2TP / (2TP + FP + FN), FN = P - TP
-    best = int(np.argmax(f1))  # first maximum: fewest values flagged
-    if best + 1 < len(values):
-        return _between(values[best], values[best + 1]), float(f1[best])
-    return float(np.nextafter(values[-1], -np.inf)), float(f1[best])
+    return _best_cut(values, f1), float(f1.max())
+
+
+def balanced_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold t that maximises TPR - FPR (Youden's J, i.e. balanced accuracy) of ``score > t``, and J.
+
+    Unlike F1, J does not depend on how many positives and negatives the set holds: the right criterion
+    when that mix is an arbitrary choice (so many simulated anomalies per held-out normal). Cuts, ties and
+    the placement of t as in :func:`f1_optimal_threshold`; needs both classes.
+    """
+    scores, positive = _check_pair(scores, labels, need_negative=True)
+    values, pos, neg = _descending_groups(scores, positive)
+    j = np.cumsum(pos) / positive.sum() - np.cumsum(neg) / (~positive).sum()
+    return _best_cut(values, j), float(j.max())
 
 
 def false_alarm_threshold(normal_scores: np.ndarray, rate: float) -> float:

@@ -121,9 +121,9 @@ def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch
 
     features (B, C, H, W), prototypes (K, C, H, W) -> (B, C, H, W).
     """
-    flat = features.flatten(1)  # (B, D)
-    idx = torch.cdist(flat, prototypes.flatten(1)).argmin(1)  # (B,)
-    return prototypes[idx]
+    flat, protos = features.flatten(1), prototypes.flatten(1)  # (B, D), (K, D)
+    dist = (protos * protos).sum(1)[None, :] - 2 * flat @ protos.T  # (B, K): ||p||^2 - 2 f.p, ||f||^2 constant in K
+    return prototypes[dist.argmin(1)]  # a matmul, not cdist: exportable, and what cdist does for large D
 
 
 def nearest_prototype_per_location(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

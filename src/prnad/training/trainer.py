@@ -18,7 +18,6 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from prnad.calibration import fit_thresholds, holdout_indices
 from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, to_dict
 from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_category
@@ -28,6 +27,7 @@ from prnad.model import PRN, build_encoder, build_prn, prn_loss
 from prnad.model.encoder import check_weights_source
 from prnad.runs import RunPaths
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
+from prnad.training.calibration import fit_thresholds, holdout_indices
 from prnad.training.sampler import AnomalyStream, TrainingPool, kind_fractions
 from prnad.utils import resolve_device, seed_everything
 

@@ -18,7 +18,13 @@ import torch
 from prnad.config import RunConfig
 from prnad.model import PRN
 from prnad.model.prn import fused_for_inference
-from prnad.thresholds import decision_counts, f1_optimal_threshold, false_alarm_threshold, precision_recall_f1
+from prnad.thresholds import (
+    balanced_threshold,
+    decision_counts,
+    f1_optimal_threshold,
+    false_alarm_threshold,
+    precision_recall_f1,
+)
 from prnad.training.sampler import KINDS, AnomalyStream, TrainingPool, batch_kinds, kind_fractions
 
 _CALIBRATION_STREAM = 2  # third seed word: calibration samples never share a generator with training ones
@@ -79,7 +85,8 @@ def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: to
     """Thresholds for ``model`` (a training-mode PRN: an inference copy is made) from the held-out normals
     in ``pool.normals`` and anomalies made from them.
 
-    Returns what the checkpoint stores: ``image`` (on the image score) and ``pixel`` (on the map, in
+    Returns what the checkpoint stores: ``image`` (on the image score, by ``threshold.image_criterion`` or
+    ``max_false_alarm_rate``) and ``pixel`` (F1-optimal, on the map, in
     [0, 1]), each applied as ``value > threshold``, the method, the calibration scores (so that a
     false-alarm rate can be set later without data) and the F1 reached on the calibration set.
     """
@@ -88,8 +95,11 @@ def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: to
     normal_scores = scores[labels == 0]
     rate = config.threshold.max_false_alarm_rate
     if rate is None:
-        image_t = f1_optimal_threshold(scores, labels)[0]
-        method = "f1-optimal on held-out normals and simulated anomalies"
+        criterion = config.threshold.image_criterion
+        fit = balanced_threshold if criterion == "balanced" else f1_optimal_threshold
+        image_t = fit(scores, labels)[0]
+        what = "TPR - FPR (balanced)" if criterion == "balanced" else "F1"
+        method = f"highest {what} on held-out normals and simulated anomalies"
     else:
         image_t = false_alarm_threshold(normal_scores, rate)
         method = f"at most {rate:g} of the held-out normals flagged"

@@ -1,0 +1,123 @@
+"""Export of the whole model into one graph, and the engines that run it (ONNX Runtime, OpenVINO)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import prnad
+from prnad.cli import main
+from prnad.errors import CheckpointError, ConfigError
+from prnad.export import OUTPUTS, ExportPaths, export_onnx
+from prnad.model.prn import PRN
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run(tiny_category: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "run"
+    prnad.train(tiny_category, out, overrides=tiny_overrides(tiny_category))
+    prnad.export(out, "openvino")  # ONNX first, then OpenVINO from it
+    return out
+
+
+def _images(tiny_category: Path) -> list[Path]:
+    return sorted((tiny_category / "test").rglob("*.png"))
+
+
+def test_one_graph_with_a_dynamic_batch(run: Path):
+    model = onnx.load(str(ExportPaths(run).onnx))
+    assert [o.name for o in model.graph.output] == list(OUTPUTS)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.HasField("dim_value")  # symbolic, not a fixed size
+    assert (run / "export" / "openvino" / "model.xml").is_file()
+    record = json.loads((run / "export" / "export.json").read_text())
+    assert record["formats"] == ["onnx", "openvino"] and len(record["model_sha256"]) == 64
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_engines_give_the_pytorch_maps(run: Path, tiny_category: Path, engine: str):
+    reference = prnad.load(run, device="cpu")
+    exported = prnad.load(run, device="cpu", engine=engine)
+    files = _images(tiny_category)
+    for batch_size in (1, 4):
+        ours = exported.predict(files, batch_size=batch_size)
+        for a, b in zip(reference.predict(files), ours, strict=True):
+            assert np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-3
+            assert abs(a.score - b.score) < 1e-4
+    a, b = reference.evaluate(), exported.evaluate()
+    assert b["engine"] == engine and a["engine"] == "torch"
+    for key, value in a["metrics"].items():
+        assert abs(value - b["metrics"][key]) <= 0.1, key
+
+
+def test_exporting_leaves_the_pytorch_model_unchanged(run: Path, tmp_path: Path):
+    model: PRN = prnad.load(run, device="cpu").model
+    model.train()  # a model in training mode, with its frozen encoder in eval mode
+    modes = {name: m.training for name, m in model.named_modules()}
+    assert not model.encoder.training and model.decoder.training
+    x = torch.rand(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        before = model(x).logits
+    model.train()
+    export_onnx(model, tmp_path / "m.onnx", image_size=64)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, before)
+
+
+def test_a_stale_export_is_made_again(run: Path, tmp_path: Path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    paths = ExportPaths(copy)
+    record = json.loads(paths.record.read_text())
+    paths.record.write_text(json.dumps(record | {"model_sha256": "0" * 64}))
+    stamp = paths.onnx.stat().st_mtime_ns
+    prnad.load(copy, device="cpu", engine="onnxruntime")
+    assert paths.onnx.stat().st_mtime_ns != stamp
+    assert json.loads(paths.record.read_text())["model_sha256"] == record["model_sha256"]
+
+
+def test_a_corrupt_export_is_a_clear_error(run: Path, tmp_path: Path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    onnx_file = ExportPaths(copy).onnx
+    onnx_file.write_bytes(onnx_file.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="model.onnx"):
+        prnad.load(copy, device="cpu", engine="onnxruntime")
+
+
+def test_unknown_engine_and_format(run: Path):
+    with pytest.raises(ConfigError, match="engine"):
+        prnad.load(run, device="cpu", engine="tensorrt")
+    with pytest.raises(ConfigError, match="format"):
+        prnad.export(run, "tflite")
+
+
+def test_cli_export_and_predict_with_an_engine(run: Path, tiny_category: Path, tmp_path: Path, capsys):
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert "model.onnx" in capsys.readouterr().out
+    out = tmp_path / "pred"
+    folder = str(tiny_category / "test" / "hole")
+    assert main(["predict", str(run), folder, "--out", str(out), "--engine", "openvino"]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 and len(list(out.glob("*_overlay.png"))) == 3
+
+
+def test_bf16_autocast_stays_close_to_float32(run: Path, tiny_category: Path):
+    reference = prnad.load(run, device="cpu")
+    reduced = prnad.load(run, device="cpu", precision="bf16")
+    files = _images(tiny_category)[:3]
+    for a, b in zip(reference.predict(files), reduced.predict(files), strict=True):
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() < 0.05
+        assert b.anomaly_map.dtype == np.float32
+    with pytest.raises(ConfigError, match="precision"):
+        prnad.load(run, device="cpu", engine="onnxruntime", precision="fp16")
