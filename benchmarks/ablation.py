@@ -86,22 +86,26 @@ def write_markdown(path: Path, data: dict) -> None:
         "# Ablation of candidate changes (issue: beat the one-class baseline on every category)",
         "",
         "Mean over the seeds measured; compare rows only within one category, schedule and device.",
+        "'normals held out': normal training images kept apart to fit the decision thresholds (since 2026-11-27;",
+        "earlier runs trained on every normal image).",
         "",
-        "| category | steps | device | candidate | overrides | seeds | image AUROC | pixel AUROC | PRO | pixel AP |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| category | steps | device | candidate | overrides | seeds | normals held out | image AUROC | pixel AUROC "
+        "| PRO | pixel AP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (category, steps, device, candidate), runs in _groups(data).items():
         means = [statistics.fmean(r["metrics"][k] for r in runs) for k in bottle.NAMES]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        held = ",".join(sorted({str(r.get("normals_held_out", 0)) for r in runs}))
         overrides = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(candidate, {}).items()) or "-"
         lines.append(
-            f"| {category} | {steps} | {device} | {candidate} | {overrides} | {seeds} | "
+            f"| {category} | {steps} | {device} | {candidate} | {overrides} | {seeds} | {held} | "
             + " | ".join(f"{m:.1f}" for m in means)
             + " |"
         )
     for category, paper in bottle.PAPER.items():
         lines.append(
-            f"| {category} | | | paper (ResNet18) | | | " + " | ".join(f"{paper[k]:.1f}" for k in bottle.NAMES) + " |"
+            f"| {category} | | | paper (ResNet18) | | | | " + " | ".join(f"{paper[k]:.1f}" for k in bottle.NAMES) + " |"
         )
     lines += ["", "Commands:", ""]
     lines += sorted({f"- `{r['ablation_command']}`" for r in data["runs"].values()})

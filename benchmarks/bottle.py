@@ -108,6 +108,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "metrics": result["metrics"],
         "per_type": result["per_type"],
         "at_threshold": result.get("at_threshold"),
+        "normals_trained": info.get("n_normal"),
+        "normals_held_out": len(info.get("calibration_normals", [])),
         "thresholds": {k: v for k, v in (info.get("thresholds") or {}).items() if not k.endswith("_scores")},
         "metrics_float32_sigmoid": saturated_metrics(
             out / "maps", Path(args.data), config["data"]["image_size"], config["model"]["topk"]
