@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,23 @@ def test_demo_passes_its_learning_rate(tmp_path: Path):
         tmp_path, seed=0, iterations=5, image_size=64, device="cpu", overrides={"train": {"lr": 0.01}}
     )
     assert flagged.train.lr == 0.01 and flagged.train.iterations == 5 and flagged.data.image_size == 64
+
+
+def test_predict_on_a_test_folder_decides_every_image_of_every_type(trained_run: Path, tiny_category: Path, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_category / "test", data)
+    (data / "hole" / "zz_corrupt.png").write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained_run), str(data), "--out", str(out)]) == 1  # one input failed
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    images = sorted(p for p in data.rglob("*.png"))
+    assert len(rows) == len(images) == 3 + 6 + 1
+    failed = [r for r in rows if r["error"]]
+    assert len(failed) == 1 and "zz_corrupt.png" in failed[0]["error"]
+    good = [r for r in rows if not r["error"]]
+    assert all(r["is_anomalous"] in ("true", "false") for r in good)
+    names = {p.name for p in out.iterdir()}
+    for image in images:
+        if image.name != "zz_corrupt.png":
+            stem = f"{image.parent.name}_{image.stem}"  # the path below the folder named
+            assert {f"{stem}.npy", f"{stem}_mask.png", f"{stem}_overlay.png"} <= names

@@ -23,17 +23,30 @@ from prnad.errors import DataError, PrnadError
 from prnad.inference import Detector, Prediction
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, plus the images inside named folders (sorted).
+def _images_below(folder: Path) -> list[Path]:
+    """Image files in ``folder`` and its sub-folders (hidden ones skipped), sorted by relative path."""
+    found = list_images(folder)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += _images_below(sub)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """(image file, output name) for the files named directly and the images inside named folders (and
+    their sub-folders: ``bottle/test`` gives every defect type). A file's name is its stem; an image found
+    in a folder is named by its path below that folder (``broken_large/000.png`` -> ``broken_large_000``).
 
     A name that is neither a file nor a folder, or a folder without images, stays in the list as it is,
     so that it is reported as a failed input in order.
     """
-    paths: list[Path] = []
+    found: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
-        found = list_images(item) if item.is_dir() else []
-        paths += found if found else [item]
-    return paths
+        below = _images_below(item) if item.is_dir() else []
+        if below:
+            found += [(p, "_".join(p.relative_to(item).with_suffix("").parts)) for p in below]
+        else:
+            found.append((item, item.stem))
+    return found
 
 
 CONTOUR_RGB = (255, 255, 0)  # yellow: stands out against the red heat and most parts
@@ -52,10 +65,9 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray
     return out
 
 
-def _stems(files: list[Path]) -> list[str]:
-    """Output name per input: its stem, prefixed with its index when two inputs share a stem."""
-    unique = len({f.stem for f in files}) == len(files)
-    return [f.stem if unique else f"{i:04d}_{f.stem}" for i, f in enumerate(files)]
+def _unique(names: list[str]) -> list[str]:
+    """Output names as given, or each prefixed with its index when two inputs would share one."""
+    return names if len(set(names)) == len(names) else [f"{i:04d}_{n}" for i, n in enumerate(names)]
 
 
 def _write_outputs(out: Path, stem: str, prediction: Prediction) -> None:
@@ -113,8 +125,9 @@ def predict_to_folder(
     """
     out = Path(out_dir)
     _open_out(out)
-    files = collect_images(inputs)
-    stems = iter(_stems(files))
+    found = collect_images(inputs)
+    files = [path for path, _ in found]
+    stems = iter(_unique([name for _, name in found]))
     limits = {"threshold": threshold, "pixel_threshold": pixel_threshold}
     with (out / "results.csv").open("w", newline="") as table, (out / "results.jsonl").open("w") as lines:
         writer = csv.writer(table)
