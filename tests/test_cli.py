@@ -188,3 +188,20 @@ def test_predict_on_a_test_folder_decides_every_image_of_every_type(trained_run:
         if image.name != "zz_corrupt.png":
             stem = f"{image.parent.name}_{image.stem}"  # the path below the folder named
             assert {f"{stem}.npy", f"{stem}_mask.png", f"{stem}_overlay.png"} <= names
+
+
+def test_predict_threshold_flags(trained_run: Path, tiny_category: Path, tmp_path: Path, capsys):
+    folder = str(tiny_category / "test")
+    assert main(["predict", str(trained_run), folder, "--out", str(tmp_path / "a"), "--threshold", "2"]) == 0
+    rows = list(csv.DictReader((tmp_path / "a" / "results.csv").open()))
+    assert {r["is_anomalous"] for r in rows} == {"false"}  # no score exceeds 2
+    argv = ["predict", str(trained_run), folder, "--out", str(tmp_path / "b"), "--pixel-threshold", "-1"]
+    assert main(argv) == 0
+    masks = [np.asarray(Image.open(p)) for p in (tmp_path / "b").glob("*_mask.png")]
+    assert masks and all(m.min() == 255 for m in masks)  # every pixel above -1
+    argv = ["predict", str(trained_run), folder, "--out", str(tmp_path / "c"), "--max-false-alarm-rate", "0"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    argv = ["predict", str(trained_run), folder, "--out", str(tmp_path / "d"), "--max-false-alarm-rate", "1.5"]
+    assert main(argv) == 2
+    assert "false-alarm rate" in capsys.readouterr().err

@@ -126,14 +126,13 @@ class Detector:
         self.model = fused_for_inference(model).to(self.device).eval()
         if engine != "torch" and self.device.type != "cpu":
             raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {self.device}")
-        self.engine = engine
+        if precision != "fp32" and engine != "torch":
+            raise ConfigError(f"precision {precision!r} is for engine 'torch'; exported engines run float32")
+        self.engine, self.precision = engine, precision
         model_file = None if run_dir is None else RunPaths(run_dir).model
         self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size)
         if precision != "fp32":
-            if engine != "torch":
-                raise ConfigError(f"precision {precision!r} is for engine 'torch'; exported engines run float32")
             self.runner = ReducedPrecision(self.model, precision, self.device)
-        self.precision = precision
         fitted = info.get("thresholds") or {}
         self.image_threshold: float | None = fitted.get("image")
         self.pixel_threshold: float | None = fitted.get("pixel")
