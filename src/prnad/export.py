@@ -14,7 +14,6 @@ from (its SHA-256): an engine whose export is missing or stale re-exports first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prnad.errors import CheckpointError, ConfigError
+from prnad.data import file_sha256
+from prnad.errors import CheckpointError, ConfigError, DataError
 from prnad.model import PRN
 from prnad.model.prn import PRNOutput, gaussian_blur
 
@@ -108,14 +108,6 @@ def _import(module: str, package: str) -> Any:
         raise ConfigError(f"{module} is not installed: pip install 'prnad[deploy]' (or {package})") from exc
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ExportPaths:
     """Where a run's exports live: ``<run>/export/model.onnx``, ``<run>/export/openvino/model.xml``."""
 
@@ -155,12 +147,15 @@ def export_run(model: PRN, run_dir: Path, model_file: Path, fmt: Format, *, imag
     if fmt not in ("onnx", "openvino"):
         raise ConfigError(f"export format must be onnx or openvino, got {fmt!r}")
     paths, sha = ExportPaths(run_dir), file_sha256(model_file)
-    if not paths.fresh("onnx", sha):
-        _import("onnx", "onnx onnxscript")
-        export_onnx(model, paths.onnx, image_size=image_size)
-    if fmt == "openvino" and not paths.fresh("openvino", sha):
-        export_openvino(paths.onnx, paths.openvino)
-    paths.write_record(fmt, sha)
+    try:
+        if not paths.fresh("onnx", sha):
+            _import("onnx", "onnx onnxscript")
+            export_onnx(model, paths.onnx, image_size=image_size)
+        if fmt == "openvino" and not paths.fresh("openvino", sha):
+            export_openvino(paths.onnx, paths.openvino)
+        paths.write_record(fmt, sha)
+    except OSError as exc:
+        raise DataError(f"{paths.root}: cannot write the export ({exc.strerror or exc})") from exc
     return paths.target(fmt)
 
 
@@ -192,7 +187,7 @@ class OnnxRuntimeEngine:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a corrupt file
-            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({exc}); delete it to export again") from exc
 
     def eval(self) -> OnnxRuntimeEngine:
         return self
@@ -213,7 +208,7 @@ def compile_openvino(path: Path, *, threads: int | None = None) -> Any:
     try:
         return ov.Core().compile_model(str(path), "CPU", config)
     except Exception as exc:  # OpenVINO raises RuntimeError with its own message for a corrupt file
-        raise CheckpointError(f"{path}: OpenVINO cannot load it ({exc})") from exc
+        raise CheckpointError(f"{path}: OpenVINO cannot load it ({exc}); delete it to export again") from exc
 
 
 class OpenVinoEngine:
