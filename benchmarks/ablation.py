@@ -33,6 +33,12 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "location_all": {"model.prototype_match": "location", "model.prototype_ratio": 1.0},
     # per location, the nearest of 1024 normal location vectors from anywhere in any normal image (PatchCore-like)
     "patch": {"model.prototype_match": "patch"},
+    # a lighter head for CPU speed (issue: deploy on the line): no MSA at stride 4, half the decoder widths
+    "patch_light": {
+        "model.prototype_match": "patch",
+        "model.msa_scales": [1, 2],
+        "model.decoder_channels": [64, 32, 16],
+    },
 }
 
 

@@ -455,3 +455,13 @@ def test_prn_with_per_location_matching_and_a_smoothed_score():
     assert not torch.equal(a.logits, b.logits)  # same weights (seed 0), other residuals
     with pytest.raises(ConfigError, match="model.prototype_match"):
         ModelConfig(prototype_match="nearest")
+
+
+def test_msa_only_at_the_scales_asked_for():
+    model = _model(msa_scales=(1, 2)).eval()
+    assert [len(stack.blocks) for stack in model.attention] == [0, 2, 2]
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64))
+    assert out.logits.shape == (1, 1, 64, 64) and torch.isfinite(out.logits).all()
+    with pytest.raises(ConfigError, match="model.msa_scales"):
+        ModelConfig(msa_scales=(0, 3))

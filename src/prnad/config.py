@@ -106,6 +106,9 @@ class ModelConfig:
     kmeans_iterations: int = 50  # Lloyd steps per restart (converges well before on 200-400 maps)
     residual: Literal["squared", "absolute", "signed"] = "squared"  # [C] from the figure's residual map
     msa_blocks: int = 2  # [C] stacked MSA blocks per scale
+    # [C] the scales (0: stride 4, 1: stride 8, 2: stride 16) that get MSA; the others pass their joint map on
+    # unchanged. MSA at stride 4 (64x64 tokens at 256 px) is the costliest part of the head on a CPU.
+    msa_scales: tuple[int, ...] = (0, 1, 2)
     msa_grids: tuple[int, ...] = (1, 2, 4)  # [P figure] whole map, 2x2 and 4x4 windows
     msa_max_kv: int = 8  # keys/values of a window are average-pooled to at most this many per side (CPU cost)
     msa_head_dim: int = 64  # heads = max(1, channels // head_dim)
@@ -131,6 +134,11 @@ class ModelConfig:
             f"must be squared, absolute or signed, got {self.residual!r}",
         )
         _check(self.msa_blocks >= 0, "model.msa_blocks", "must be >= 0")
+        _check(
+            len(set(self.msa_scales)) == len(self.msa_scales) and all(i in (0, 1, 2) for i in self.msa_scales),
+            "model.msa_scales",
+            f"must be distinct scale indices among 0, 1, 2; got {list(self.msa_scales)}",
+        )
         _check(
             len(self.msa_grids) >= 1 and all(g in (1, 2, 4) for g in self.msa_grids),
             "model.msa_grids",

@@ -20,12 +20,12 @@ def build_prn(config: ModelConfig, *, prototypes: list[torch.Tensor], encoder: E
     attention = torch.nn.ModuleList(
         MSAStack(
             channels=d,
-            blocks=config.msa_blocks,
+            blocks=config.msa_blocks if i in config.msa_scales else 0,
             grids=config.msa_grids,
             head_dim=config.msa_head_dim,
             max_kv=config.msa_max_kv,
         )
-        for d in joint
+        for i, d in enumerate(joint)
     )
     return PRN(
         encoder=encoder,
