@@ -25,7 +25,7 @@ from prnad.errors import CheckpointError, ConfigError, PrnadError
 from prnad.evaluate import check_finite, evaluate_model, write_metrics
 from prnad.export import export_run, load_engine
 from prnad.model import PRN
-from prnad.model.prn import PRNOutput, fused_for_inference, topk_score
+from prnad.model.prn import PRNOutput, fused_for_inference
 from prnad.runs import RunPaths
 from prnad.thresholds import false_alarm_threshold
 from prnad.utils import resolve_device
@@ -97,8 +97,7 @@ class ReducedPrecision:
     def __call__(self, images: torch.Tensor) -> PRNOutput:
         with torch.autocast(self.device_type, dtype=self.dtype):
             logits = self.model(images).logits.float()
-        score = topk_score(logits, self.model.topk, smoothing=self.model.score_smoothing)
-        return PRNOutput(logits, torch.sigmoid(logits), score)
+        return self.model.output(logits)
 
 
 class Detector:

@@ -119,7 +119,10 @@ class PRN(nn.Module):
         joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)
         attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
         fused = self.output_fusion(attended)
-        logits = self.decoder(bottom, fused, images.shape[-2:])  # (B, 1, S, S)
+        return self.output(self.decoder(bottom, fused, images.shape[-2:]))  # logits (B, 1, S, S)
+
+    def output(self, logits: torch.Tensor) -> PRNOutput:
+        """The map and the image score of ``logits`` (B, 1, S, S), as :class:`PRNOutput`."""
         return PRNOutput(
             logits=logits,
             anomaly_map=torch.sigmoid(logits),

@@ -116,14 +116,21 @@ def kmeans(
     return combine_rows(best, x, chunk_columns=chunk_columns)  # (K, D)
 
 
+def _nearest_rows(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest of ``rows`` (K, D) for each of ``queries`` (Q, D), by L2: (Q,) long.
+
+    ||r||^2 - 2 q.r (||q||^2 is constant in K): a matmul and an argmin, not cdist, so it exports; it is also
+    what cdist computes for large D.
+    """
+    return ((rows * rows).sum(1)[None, :] - 2 * queries @ rows.T).argmin(1)  # (Q, K) -> (Q,)
+
+
 def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """The closest prototype (L2 over the whole map) for each image.
 
     features (B, C, H, W), prototypes (K, C, H, W) -> (B, C, H, W).
     """
-    flat, protos = features.flatten(1), prototypes.flatten(1)  # (B, D), (K, D)
-    dist = (protos * protos).sum(1)[None, :] - 2 * flat @ protos.T  # (B, K): ||p||^2 - 2 f.p, ||f||^2 constant in K
-    return prototypes[dist.argmin(1)]  # a matmul, not cdist: exportable, and what cdist does for large D
+    return prototypes[_nearest_rows(features.flatten(1), prototypes.flatten(1))]  # (B, C, H, W)
 
 
 def nearest_prototype_per_location(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -153,8 +160,7 @@ def nearest_patch(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     b, c, h, w = features.shape
     vectors = bank.flatten(1)  # (M, C)
     queries = features.permute(0, 2, 3, 1).reshape(-1, c)  # (B*H*W, C)
-    dist = (vectors * vectors).sum(1)[None, :] - 2 * queries @ vectors.T  # (B*H*W, M); ||q||^2 constant in M
-    chosen = vectors[dist.argmin(1)]  # (B*H*W, C)
+    chosen = vectors[_nearest_rows(queries, vectors)]  # (B*H*W, C)
     return chosen.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
