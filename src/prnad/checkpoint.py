@@ -122,7 +122,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if any(p is None for p in prototypes):
         raise CheckpointError(f"{path}: checkpoint has no prototypes")
     skeleton = replace(config.model.encoder, weights="random")  # every encoder weight comes from the file
-    model = build_prn(config.model, prototypes=prototypes, encoder=build_encoder(skeleton))
+    banks = [state[k] for k in sorted(state) if k.startswith("score_bank_")]
+    model = build_prn(config.model, prototypes=prototypes, encoder=build_encoder(skeleton), score_banks=banks or None)
+    if not banks:  # checkpoints of prnad before score banks hold no statistics; without banks they are (0, 1)
+        state.setdefault("score_stats", model.score_stats)
     load_strict(model, state, path, what="the model its config describes (written by another prnad version?)")
     optim_meta = json.loads(header.get("optimizer", "null"))
     optim_tensors = {k: v for k, v in tensors.items() if k.startswith(_OPTIM)}

@@ -121,6 +121,11 @@ class ModelConfig:
     # PatchCore), ``patch_bank_size`` vectors per scale chosen by greedy coreset; prototype_ratio is unused
     prototype_match: Literal["map", "location", "patch"] = "map"
     patch_bank_size: int = 1024  # [C] memory-bank vectors per scale for prototype_match "patch"
+    # [C] a deviation from the spec's image score: with a size M > 0, a memory bank of M locally averaged
+    # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset), and the image score is the
+    # sum of three z-scores, standardised on the held-out normal images: the top-K map score and, per bank,
+    # the largest nearest-neighbour distance in the image. 0: the spec's top-K score alone.
+    score_bank_size: int = 0
 
     def __post_init__(self) -> None:
         _check(
@@ -159,6 +164,7 @@ class ModelConfig:
             f"must be map, location or patch, got {self.prototype_match!r}",
         )
         _check(self.patch_bank_size >= 1, "model.patch_bank_size", "must be >= 1")
+        _check(self.score_bank_size >= 0, "model.score_bank_size", "must be >= 0 (0: the top-K score alone)")
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,11 @@ class RunConfig:
             self.data.seen_anomalies > 0 or simulated > 0,
             "synth.hea_weight",
             "with data.seen_anomalies 0, hea_weight or hoa_weight must be > 0 (no anomaly kind would be left)",
+        )
+        _check(
+            self.model.score_bank_size == 0 or self.threshold.holdout_fraction > 0,
+            "model.score_bank_size",
+            "needs held-out normal images to standardise the score on: set threshold.holdout_fraction > 0",
         )
 
 

@@ -43,11 +43,14 @@ class ExportGraph(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.model(images).logits  # (B, 1, S, S); the float64 score of PRN.forward is unused and pruned
+        out = self.model(images)  # the float64 score of PRN.forward is unused and pruned
+        logits = out.logits  # (B, 1, S, S)
         amap = torch.sigmoid(logits)
         ranked = gaussian_blur(amap, self.model.score_smoothing) if self.model.score_smoothing > 0 else amap
         flat = ranked.flatten(1)  # (B, S*S)
         score = flat.topk(min(self.model.topk, flat.shape[1]), dim=1).values.mean(1)  # (B,) float32
+        if out.distances is not None:
+            score = self.model.combined_score(score, out.distances)  # (B,) float32
         return logits, amap, score
 
 

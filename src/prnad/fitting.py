@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from prnad.model.encoder import Encoder
-from prnad.model.prototypes import coreset, kmeans, prototype_count
+from prnad.model.prn import SCORE_SCALES
+from prnad.model.prototypes import coreset, kmeans, local_average, prototype_count
 
 
 def _to_batch(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -80,3 +81,21 @@ def compute_prototypes(
         centres = kmeans(maps.flatten(1), k, restarts=restarts, iterations=iterations, generator=generator)
         prototypes.append(centres.view(k, *maps.shape[1:]))  # (K, C, H, W)
     return prototypes
+
+
+def compute_score_banks(
+    encoder: Encoder, normals: np.ndarray, *, size: int, seed: int, device: torch.device | str, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """The score's memory banks: per scale of ``SCORE_SCALES`` (strides 8 and 16), ``size`` locally averaged
+    (3x3) location vectors of the normal images chosen by greedy coreset -> 2 x (M, C_i) float32 on the CPU.
+
+    ``normals`` (N, S, S, 3) uint8; one generator seeded with ``seed`` serves the scales in order.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    scales = encode_normals(encoder, normals, device=device, batch_size=batch_size)
+    banks = []
+    for i in SCORE_SCALES:
+        maps = local_average(scales[i])  # (N, C, H, W)
+        vectors = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])  # (N*H*W, C)
+        banks.append(coreset(vectors, size, generator=generator))  # (M, C)
+    return banks

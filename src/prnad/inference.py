@@ -37,7 +37,9 @@ ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (a runtime
 class Prediction:
     """One image's result.
 
-    score: the image score (mean of the top-K pixels of the map), higher is more anomalous.
+    score: the image score, higher is more anomalous: the mean of the top-K pixels of the map, or with score
+    banks (``model.score_bank_size`` > 0) a sum of z-scores against the held-out normals (about 0 for normal
+    images).
     anomaly_map: float32 (H, W) in [0, 1] at the input image's own size. source: the path, or
     ``<image i>`` for an in-memory input. is_anomalous: ``score > image threshold``; mask: bool (H, W),
     ``anomaly_map > pixel threshold`` (both None when the model has no thresholds and none was given).
@@ -96,8 +98,9 @@ class ReducedPrecision:
 
     def __call__(self, images: torch.Tensor) -> PRNOutput:
         with torch.autocast(self.device_type, dtype=self.dtype):
-            logits = self.model(images).logits.float()
-        return self.model.output(logits)
+            out = self.model(images)
+        distances = None if out.distances is None else out.distances.float()
+        return self.model.output(out.logits.float(), distances)
 
 
 class Detector:

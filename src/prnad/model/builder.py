@@ -12,8 +12,15 @@ from prnad.model.fusion import MultiScaleFusion
 from prnad.model.prn import PRN
 
 
-def build_prn(config: ModelConfig, *, prototypes: list[torch.Tensor], encoder: Encoder | None = None) -> PRN:
-    """Build PRN around ``prototypes`` (3 tensors (K_i, C_i, H_i, W_i)); the encoder is built unless given."""
+def build_prn(
+    config: ModelConfig,
+    *,
+    prototypes: list[torch.Tensor],
+    encoder: Encoder | None = None,
+    score_banks: list[torch.Tensor] | None = None,
+) -> PRN:
+    """Build PRN around ``prototypes`` (3 tensors (K_i, C_i, H_i, W_i)) and optional ``score_banks``
+    (2 tensors (M, C_i): a finished run with ``model.score_bank_size`` > 0); the encoder is built unless given."""
     encoder = encoder if encoder is not None else build_encoder(config.encoder)
     c = encoder.channels[:3]
     joint = tuple(2 * ci for ci in c)
@@ -39,6 +46,7 @@ def build_prn(config: ModelConfig, *, prototypes: list[torch.Tensor], encoder: E
         topk=config.topk,
         prototype_match=config.prototype_match,
         score_smoothing=config.score_smoothing,
+        score_banks=score_banks,
     )
 
 

@@ -14,9 +14,16 @@ from torch import nn
 from prnad.model.decoder import Decoder
 from prnad.model.encoder import Encoder, fold_batchnorm
 from prnad.model.fusion import MultiScaleFusion
-from prnad.model.prototypes import nearest_patch, nearest_prototype, nearest_prototype_per_location, residual
+from prnad.model.prototypes import (
+    largest_nearest_distance,
+    nearest_patch,
+    nearest_prototype,
+    nearest_prototype_per_location,
+    residual,
+)
 
 MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location, "patch": nearest_patch}
+SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the image score
 
 
 @dataclass
@@ -26,11 +33,16 @@ class PRNOutput:
     logits: (B, 1, S, S) pre-sigmoid map; anomaly_map: (B, 1, S, S) float32 sigmoid of it (Mo), in [0, 1];
     score: (B,) float64 image score, the mean of the top-K pixels of Mo, computed from the logits in float64.
     Pixels that anomaly_map shows as exactly 1.0 (logits above about 16.6) still rank apart by their logits.
+    With score banks (``model.score_bank_size`` > 0) the score is instead the sum of the standardised top-K
+    score and the standardised ``distances`` (see :meth:`PRN.combined_score`).
+    distances: (B, 2) float32, per score bank (strides 8, 16) the image's largest nearest-neighbour distance;
+    None without score banks.
     """
 
     logits: torch.Tensor
     anomaly_map: torch.Tensor
     score: torch.Tensor
+    distances: torch.Tensor | None = None
 
 
 def topk_score(logits: torch.Tensor, k: int, *, smoothing: float = 0.0) -> torch.Tensor:
@@ -79,6 +91,7 @@ class PRN(nn.Module):
         topk: int,
         prototype_match: str = "map",
         score_smoothing: float = 0.0,
+        score_banks: list[torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if len(prototypes) != 3:
@@ -97,6 +110,8 @@ class PRN(nn.Module):
             raise ValueError(f"prototype_match must be one of {sorted(MATCHERS)}, got {prototype_match!r}")
         self.match = MATCHERS[prototype_match]
         self.score_smoothing = score_smoothing
+        self.n_score_banks = 0
+        self.set_score_banks(score_banks or [])
 
     @property
     def prototypes(self) -> list[torch.Tensor]:
@@ -108,26 +123,63 @@ class PRN(nn.Module):
             residual(f, self.match(f, p), self.residual_kind) for f, p in zip(features, self.prototypes, strict=True)
         ]
 
+    def set_score_banks(self, banks: list[torch.Tensor]) -> None:
+        """Use ``banks`` (one (M, C_i) tensor per scale of SCORE_SCALES, or none) in the image score, with
+        statistics reset to (0, 1) until :func:`prnad.training.calibration.standardise_score` sets them."""
+        if len(banks) not in (0, len(SCORE_SCALES)):
+            raise ValueError(f"expected score banks for {len(SCORE_SCALES)} scales or none, got {len(banks)}")
+        for i in range(self.n_score_banks):
+            delattr(self, f"score_bank_{i}")
+        self.n_score_banks = len(banks)
+        for i, bank in enumerate(banks):
+            self.register_buffer(f"score_bank_{i}", bank.clone())  # (M, C_i) for the scale SCORE_SCALES[i]
+        # Row 0: mean, row 1: standard deviation of (top-K score, distance per bank) over held-out normal
+        # images; (0, 1) until they are set (the raw sum).
+        stats = torch.stack([torch.zeros(1 + len(banks)), torch.ones(1 + len(banks))])  # (2, 1 + n_banks)
+        device = self.prototypes_0.device
+        self.register_buffer("score_stats", stats.to(device))
+
+    @property
+    def score_banks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"score_bank_{i}") for i in range(self.n_score_banks)]
+
+    def bank_distances(self, features: list[torch.Tensor]) -> torch.Tensor | None:
+        """(B, n_banks): per score bank, each image's largest nearest-neighbour distance; None without banks."""
+        if not self.n_score_banks:
+            return None
+        pairs = zip(SCORE_SCALES, self.score_banks, strict=True)
+        return torch.stack([largest_nearest_distance(features[i], bank) for i, bank in pairs], dim=1)
+
+    def combined_score(self, topk: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+        """Sum of the z-scores of the top-K score (B,) and the distances (B, n_banks), standardised by
+        ``score_stats``, in ``topk``'s dtype: (B,)."""
+        parts = torch.cat([topk[:, None], distances.to(topk.dtype)], dim=1)  # (B, 1 + n_banks)
+        stats = self.score_stats.to(topk.dtype)  # (2, 1 + n_banks)
+        return ((parts - stats[0]) / stats[1]).sum(1)
+
     def forward(self, images: torch.Tensor) -> PRNOutput:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
         with torch.no_grad():
             *features, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
             residuals = self.residuals(features)
+            distances = self.bank_distances(features)  # (B, n_banks) or None
         fused_f = self.feature_fusion(features)
         fused_r = self.residual_fusion(residuals)
         joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)
         attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
         fused = self.output_fusion(attended)
-        return self.output(self.decoder(bottom, fused, images.shape[-2:]))  # logits (B, 1, S, S)
+        return self.output(self.decoder(bottom, fused, images.shape[-2:]), distances)  # logits (B, 1, S, S)
 
-    def output(self, logits: torch.Tensor) -> PRNOutput:
-        """The map and the image score of ``logits`` (B, 1, S, S), as :class:`PRNOutput`."""
-        return PRNOutput(
-            logits=logits,
-            anomaly_map=torch.sigmoid(logits),
-            score=topk_score(logits, self.topk, smoothing=self.score_smoothing),
-        )
+    def output(self, logits: torch.Tensor, distances: torch.Tensor | None = None) -> PRNOutput:
+        """The map and the image score of ``logits`` (B, 1, S, S) and the bank ``distances`` (B, n_banks),
+        as :class:`PRNOutput`."""
+        if (distances is None) != (self.n_score_banks == 0):
+            raise ValueError(f"the model has {self.n_score_banks} score banks; distances must match")
+        score = topk_score(logits, self.topk, smoothing=self.score_smoothing)  # (B,) float64
+        if distances is not None:
+            score = self.combined_score(score, distances)
+        return PRNOutput(logits=logits, anomaly_map=torch.sigmoid(logits), score=score, distances=distances)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen encoder: what the optimiser sees."""

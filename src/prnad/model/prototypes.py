@@ -164,6 +164,23 @@ def nearest_patch(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return chosen.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
+def local_average(features: torch.Tensor) -> torch.Tensor:
+    """Each location's 3x3 neighbourhood mean (PatchCore's local aggregation), zero-padded: same shape (B, C, H, W)."""
+    return torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)
+
+
+def largest_nearest_distance(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Per image, the largest over locations of the L2 distance from the locally averaged feature vector to
+    its nearest bank vector: features (B, C, H, W), bank (M, C) -> (B,) in features' dtype.
+
+    ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r, minimised over the M bank vectors: one batched matmul, exportable.
+    """
+    b, c = features.shape[:2]
+    queries = local_average(features).permute(0, 2, 3, 1).reshape(b, -1, c)  # (B, H*W, C)
+    sq = (queries * queries).sum(-1) + ((bank * bank).sum(1)[None, None, :] - 2 * queries @ bank.T).amin(-1)
+    return sq.clamp_min(0).amax(1).sqrt()  # (B, H*W) -> (B,)
+
+
 def coreset(x: torch.Tensor, m: int, *, generator: torch.Generator, candidates: int = 200_000) -> torch.Tensor:
     """``m`` rows of ``x`` (P, C) chosen by greedy farthest-point selection (PatchCore's coreset) -> (M, C).
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from prnad.config import RunConfig
+from prnad.errors import DataError
 from prnad.model import PRN
-from prnad.model.prn import fused_for_inference
+from prnad.model.prn import fused_for_inference, topk_score
 from prnad.thresholds import (
     balanced_threshold,
     decision_counts,
@@ -79,6 +80,28 @@ def batched_outputs(
         scores.append(out.score.double().cpu().numpy())
         logits.append(out.logits[:, 0].float().cpu().numpy())
     return np.concatenate(scores), np.concatenate(logits)
+
+
+@torch.no_grad()
+def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> dict[str, list[float]]:
+    """Set ``model.score_stats`` to the mean and standard deviation (ddof 1) of the top-K score and the bank
+    distances over the held-out ``normals`` (N, S, S, 3) uint8, N >= 2, so that its score is the sum of their
+    z-scores. A spread below 1e-6 is taken as 1e-6. Returns the statistics as stored."""
+    if len(normals) < 2:
+        raise DataError(
+            f"the image score needs at least 2 held-out normal images to standardise on, got {len(normals)}"
+        )
+    infer = fused_for_inference(model).to(device)
+    parts = []
+    for start in range(0, len(normals), 16):
+        batch = torch.from_numpy(normals[start : start + 16]).to(device).permute(0, 3, 1, 2).float().div_(255)
+        out = infer(batch)
+        topk = topk_score(out.logits, model.topk, smoothing=model.score_smoothing)  # (b,) float64
+        parts.append(torch.cat([topk[:, None], out.distances.double()], dim=1).cpu())  # (b, 1 + n_banks)
+    table = torch.cat(parts)  # (N, 1 + n_banks)
+    stats = torch.stack([table.mean(0), table.std(0).clamp_min(1e-6)])  # (2, 1 + n_banks)
+    model.score_stats.copy_(stats.to(model.score_stats))
+    return {"mean": stats[0].tolist(), "std": stats[1].tolist(), "normals": len(normals)}
 
 
 def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: torch.device) -> dict[str, Any]:

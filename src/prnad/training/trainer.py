@@ -22,12 +22,12 @@ from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, to_dict
 from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_category
 from prnad.errors import ConfigError, DataError, TrainingError
-from prnad.fitting import compute_prototypes
+from prnad.fitting import compute_prototypes, compute_score_banks
 from prnad.model import PRN, build_encoder, build_prn, prn_loss
 from prnad.model.encoder import check_weights_source
 from prnad.runs import RunPaths
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
-from prnad.training.calibration import fit_thresholds, holdout_indices
+from prnad.training.calibration import fit_thresholds, holdout_indices, standardise_score
 from prnad.training.sampler import AnomalyStream, TrainingPool, kind_fractions
 from prnad.utils import resolve_device, seed_everything
 
@@ -221,9 +221,29 @@ def train(
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     info["resumed_from_iteration"] = start if resume else None
     info["device"] = str(device)
+    fit_score_and_thresholds(model, pool, calibration, config, device, info)
+    return save_checkpoint(paths.model, model=model, config=config, iteration=config.train.iterations, info=info)
+
+
+def fit_score_and_thresholds(
+    model: PRN,
+    pool: TrainingPool,
+    calibration: TrainingPool | None,
+    config: RunConfig,
+    device: torch.device,
+    info: dict[str, Any],
+) -> None:
+    """After training: with ``model.score_bank_size`` > 0, the score banks (from the trained normals) and their
+    standardisation (on the held-out normals); then the thresholds. Neither touches the trained weights (the
+    banks only enter the image score), so this also serves a trained model. Records both in ``info``."""
+    if config.model.score_bank_size > 0:
+        banks = compute_score_banks(
+            model.encoder, pool.normals, size=config.model.score_bank_size, seed=config.train.seed, device=device
+        )
+        model.set_score_banks([b.to(device) for b in banks])
+        info["score_stats"] = standardise_score(model, calibration.normals, device)
     if calibration is not None:
         info["thresholds"] = fit_thresholds(model, calibration, config, device)
-    return save_checkpoint(paths.model, model=model, config=config, iteration=config.train.iterations, info=info)
 
 
 def _loop(

@@ -1,0 +1,116 @@
+"""The image score with memory banks (``model.score_bank_size`` > 0): distances, banks, standardisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import prnad
+from prnad.config import EncoderConfig, ModelConfig, build_config
+from prnad.errors import ConfigError
+from prnad.export import OnnxRuntimeEngine, export_onnx
+from prnad.fitting import compute_score_banks
+from prnad.model import build_encoder, build_prn
+from prnad.model.prn import SCORE_SCALES, fused_for_inference, topk_score
+from prnad.model.prototypes import largest_nearest_distance
+from tests.conftest import tiny_overrides
+
+
+def test_largest_nearest_distance_is_the_brute_force_one():
+    g = torch.Generator().manual_seed(0)
+    features, bank = torch.randn(3, 8, 5, 6, generator=g), torch.randn(40, 8, generator=g)
+    got = largest_nearest_distance(features, bank)
+    pooled = torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)  # zero-padded 3x3 mean
+    queries = pooled.permute(0, 2, 3, 1).reshape(3, -1, 8)  # (B, H*W, C)
+    expected = torch.stack([torch.cdist(q, bank).min(1).values.max() for q in queries])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_image_of_one_vector_is_at_distance_zero_from_its_zero_padded_means():
+    v = torch.randn(4)
+    features = v.view(1, 4, 1, 1).expand(1, 4, 5, 5).contiguous()  # one vector everywhere
+    inside, edge, corner = v, v * 6 / 9, v * 4 / 9  # the 3x3 means: zero padding at the border
+    # 0 up to float32 cancellation in ||q||^2 + ||r||^2 - 2 q.r (sqrt of ~1e-7)
+    assert float(largest_nearest_distance(features, torch.stack([inside, edge, corner]))) < 2e-3
+    got = float(largest_nearest_distance(features, torch.stack([inside, edge])))  # no corner vector
+    assert got == pytest.approx(float((corner - edge).norm()), rel=1e-4)
+
+
+def test_score_banks_are_coreset_vectors_of_the_averaged_maps_and_seeded():
+    encoder = build_encoder(EncoderConfig(backbone="resnet18", weights="random")).eval()
+    normals = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    banks = compute_score_banks(encoder, normals, size=25, seed=0, device="cpu")
+    assert [tuple(b.shape) for b in banks] == [(25, encoder.channels[i]) for i in SCORE_SCALES]
+    again = compute_score_banks(encoder, normals, size=25, seed=0, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(banks, again, strict=True))
+    with torch.no_grad():
+        maps = encoder(torch.from_numpy(normals).permute(0, 3, 1, 2).float() / 255)
+    for i, bank in zip(SCORE_SCALES, banks, strict=True):
+        pooled = torch.nn.functional.avg_pool2d(maps[i], 3, stride=1, padding=1)
+        vectors = pooled.permute(0, 2, 3, 1).reshape(-1, pooled.shape[1])
+        exact = torch.cdist(bank, vectors, compute_mode="donot_use_mm_for_euclid_dist")
+        assert exact.min(1).values.max() < 1e-6  # every bank row is one of the vectors
+
+
+def _banked_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        encoder=EncoderConfig(backbone="resnet18", weights="random"), decoder_channels=(16, 16, 8), score_bank_size=30
+    )
+    encoder = build_encoder(config.encoder)
+    protos = [torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels, encoder.reductions, strict=False)]
+    banks = [torch.randn(30, encoder.channels[i]) for i in SCORE_SCALES]
+    model = fused_for_inference(build_prn(config, prototypes=protos[:3], encoder=encoder, score_banks=banks))
+    model.score_stats.copy_(torch.tensor([[0.2, 3.0, 5.0], [0.1, 2.0, 4.0]]))
+    return model
+
+
+def test_the_score_is_the_sum_of_the_standardised_parts():
+    model = _banked_model()
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 64, 64))
+    assert out.distances.shape == (3, 2)
+    topk = topk_score(out.logits, model.topk)
+    d = out.distances.double()
+    expected = (topk - 0.2) / 0.1 + (d[:, 0] - 3.0) / 2.0 + (d[:, 1] - 5.0) / 4.0
+    torch.testing.assert_close(out.score, expected)
+    with pytest.raises(ValueError, match="score banks"):
+        model.output(out.logits)
+
+
+def test_the_banked_score_exports(tmp_path: Path):
+    model = _banked_model()
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+    got = OnnxRuntimeEngine(export_onnx(model, tmp_path / "m.onnx", image_size=64))(x)
+    torch.testing.assert_close(got.score.double(), out.score, rtol=1e-4, atol=1e-3)
+
+
+def test_score_banks_need_held_out_normals(tiny_category: Path):
+    values = tiny_overrides(tiny_category)
+    values["model"]["score_bank_size"] = 16
+    values["threshold"] = {"holdout_fraction": 0.0}
+    with pytest.raises(ConfigError, match="holdout_fraction"):
+        build_config(values)
+    with pytest.raises(ConfigError, match="score_bank_size"):
+        ModelConfig(score_bank_size=-1)
+
+
+def test_training_standardises_the_score_on_the_held_out_normals(tiny_category: Path, tmp_path: Path):
+    values = tiny_overrides(tiny_category)
+    values["model"]["score_bank_size"] = 16
+    values["threshold"] = {"holdout_fraction": 0.3, "calibration_anomalies": 4}
+    detector = prnad.train(tiny_category, tmp_path / "run", overrides=values)
+    stats = detector.info["score_stats"]
+    assert stats["normals"] == 3 and len(stats["mean"]) == 3 and min(stats["std"]) > 0
+    # the held-out normals' scores are sums of three zero-mean z-scores: their mean is 0
+    held = [tiny_category / p for p in detector.info["calibration_normals"]]
+    scores = [p.score for p in detector.predict(held)]
+    assert abs(np.mean(scores)) < 1e-4
+    assert detector.info["thresholds"]["normal_scores"] == pytest.approx(scores, abs=1e-6)
+    again = prnad.load(tmp_path / "run", device="cpu")  # banks and statistics come back from the checkpoint
+    assert [p.score for p in again.predict(held)] == pytest.approx(scores, abs=1e-9)
