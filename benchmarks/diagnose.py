@@ -41,8 +41,8 @@ def forward_parts(detector: prnad.Detector, images: np.ndarray) -> dict[str, np.
         x = torch.from_numpy(images[start : start + 8]).permute(0, 3, 1, 2).float().div(255)  # (b, 3, S, S)
         x = x.to(detector.device)
         logits.append(model(x).logits[:, 0].float().cpu())
-        *features, _ = model.encoder(x)
-        residuals = model.residuals(features)  # 3 x (b, C_i, H_i, W_i)
+        *encoded, _ = model.encoder(x)
+        residuals = model.residuals(model.head_features(encoded))  # per head scale (b, C_i, H_i, W_i)
         for i, r in enumerate(residuals):
             energy[i].append(r.sum(1).cpu())  # (b, H_i, W_i)
         distance.append(torch.stack([r.flatten(1).mean(1) for r in residuals], 1).cpu())  # (b, 3)

@@ -39,11 +39,20 @@ from prnad.export import (
     export_openvino,
 )
 from prnad.model import build_encoder, build_prn
-from prnad.model.prn import PRN, fused_for_inference, topk_score
+from prnad.model.prn import PRN, SCORE_SCALES, fused_for_inference
 from prnad.utils import device_name, resolve_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-PARTS = ("encoder", "prototype matching", "MF1 (features + residuals)", "MSA", "MF2", "decoder", "upsample + score")
+PARTS = (
+    "encoder",
+    "prototype matching",
+    "score banks",
+    "MF1 (features + residuals)",
+    "MSA",
+    "MF2",
+    "decoder",
+    "upsample + score",
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -66,14 +75,21 @@ def time_ms(fn: Callable, x: torch.Tensor, device: torch.device, *, warmup: int,
 
 
 def random_model(config_path: str | None, prototypes: int) -> tuple[PRN, int]:
-    """A PRN with random weights and ``prototypes`` random prototypes per scale (timing depends on shapes)."""
+    """A PRN with random weights, ``prototypes`` random prototypes per scale (or ``model.patch_bank_size``
+    bank vectors with patch matching) and random score banks when the config asks for them (timing depends
+    on shapes only)."""
     config = build_config(load_yaml(config_path) if config_path else {}, {"model": {"encoder": {"weights": "random"}}})
     torch.manual_seed(0)
     encoder = build_encoder(config.model.encoder)
     size = config.data.image_size
-    shapes = zip(encoder.channels[:3], encoder.reductions, strict=False)
-    protos = [torch.randn(prototypes, c, size // r, size // r) for c, r in shapes]
-    return fused_for_inference(build_prn(config.model, prototypes=protos, encoder=encoder)), size
+    m = config.model
+    shapes = [(encoder.channels[i], encoder.reductions[i]) for i in m.head_scales]
+    if m.prototype_match == "patch":
+        protos = [torch.randn(m.patch_bank_size, c, 1, 1) for c, _ in shapes]
+    else:
+        protos = [torch.randn(prototypes, c, size // r, size // r) for c, r in shapes]
+    banks = [torch.randn(m.score_bank_size, encoder.channels[i]) for i in SCORE_SCALES] if m.score_bank_size else None
+    return fused_for_inference(build_prn(m, prototypes=protos, encoder=encoder, score_banks=banks)), size
 
 
 class EncoderOnly(torch.nn.Module):
@@ -156,8 +172,10 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
 
     logits = None
     for _ in range(warmup + repeats):
-        *features, bottom = timed("encoder", model.encoder, x)
+        *encoded, bottom = timed("encoder", model.encoder, x)
+        features = model.head_features(encoded)
         residuals = timed("prototype matching", model.residuals, features)
+        distances = timed("score banks", model.bank_distances, encoded)
         joint = timed(
             "MF1 (features + residuals)",
             lambda f, r: [
@@ -178,10 +196,11 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
         low = timed("decoder", decode, bottom, fused)
         logits = timed(
             "upsample + score",
-            lambda y: (lambda full: (full, topk_score(full, model.topk)))(
+            lambda y, d: (lambda full: (full, model.output(full, d).score))(
                 F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
             ),
             low,
+            distances,
         )[0]
     torch.testing.assert_close(logits, model(x).logits)  # the stages are the model
     return {p: round(statistics.median(t[warmup:]), 3) for p, t in times.items()}

@@ -33,9 +33,10 @@ def _model(backbone: str = "resnet18", size: int = 64, **model_kw) -> torch.nn.M
     )
     encoder = build_encoder(config.encoder)
     protos = [
-        torch.randn(3, c, size // r, size // r) for c, r in zip(encoder.channels, encoder.reductions, strict=False)
+        torch.randn(3, encoder.channels[i], size // encoder.reductions[i], size // encoder.reductions[i])
+        for i in config.head_scales
     ]
-    return build_prn(config, prototypes=protos[:3], encoder=encoder)
+    return build_prn(config, prototypes=protos, encoder=encoder)
 
 
 # ------------------------------------------------------------------------------------------------ encoder

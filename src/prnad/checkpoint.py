@@ -118,7 +118,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     header, tensors = _read(path)
     config = _header_config(header, path)
     state = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
-    prototypes = [state.get(f"prototypes_{i}") for i in range(3)]
+    prototypes = [state.get(f"prototypes_{i}") for i in range(len(config.model.head_scales))]
     if any(p is None for p in prototypes):
         raise CheckpointError(f"{path}: checkpoint has no prototypes")
     skeleton = replace(config.model.encoder, weights="random")  # every encoder weight comes from the file

@@ -105,6 +105,10 @@ class ModelConfig:
     kmeans_restarts: int = 4  # k-means++ restarts; the lowest inertia wins
     kmeans_iterations: int = 50  # Lloyd steps per restart (converges well before on 200-400 maps)
     residual: Literal["squared", "absolute", "signed"] = "squared"  # [C] from the figure's residual map
+    # [C] the encoder scales (0: stride 4, 1: stride 8, 2: stride 16) the head works on: prototypes, MF1, MSA,
+    # MF2 and decoder skips. (1, 2) drops stride 4, the costliest resolution of the head on a CPU: the map is
+    # decoded at stride 8 and upsampled. A run of scales ending at 2: (0, 1, 2), (1, 2) or (2,).
+    head_scales: tuple[int, ...] = (0, 1, 2)
     msa_blocks: int = 2  # [C] stacked MSA blocks per scale
     # [C] the scales (0: stride 4, 1: stride 8, 2: stride 16) that get MSA; the others pass their joint map on
     # unchanged. MSA at stride 4 (64x64 tokens at 256 px) is the costliest part of the head on a CPU.
@@ -112,7 +116,8 @@ class ModelConfig:
     msa_grids: tuple[int, ...] = (1, 2, 4)  # [P figure] whole map, 2x2 and 4x4 windows
     msa_max_kv: int = 8  # keys/values of a window are average-pooled to at most this many per side (CPU cost)
     msa_head_dim: int = 64  # heads = max(1, channels // head_dim)
-    decoder_channels: tuple[int, int, int] = (128, 64, 32)  # at strides 16, 8, 4
+    # at strides 16, 8, 4; a head without stride 4 (head_scales (1, 2)) uses the first two
+    decoder_channels: tuple[int, int, int] = (128, 64, 32)
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
     # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the
@@ -137,6 +142,11 @@ class ModelConfig:
             self.residual in ("squared", "absolute", "signed"),
             "model.residual",
             f"must be squared, absolute or signed, got {self.residual!r}",
+        )
+        _check(
+            self.head_scales in ((0, 1, 2), (1, 2), (2,)),
+            "model.head_scales",
+            f"must be [0, 1, 2], [1, 2] or [2], got {list(self.head_scales)}",
         )
         _check(self.msa_blocks >= 0, "model.msa_blocks", "must be >= 0")
         _check(

@@ -58,22 +58,26 @@ def compute_prototypes(
     device: torch.device | str,
     batch_size: int = 16,
     bank_size: int | None = None,
+    scales: tuple[int, ...] = (0, 1, 2),
 ) -> list[torch.Tensor]:
-    """K-means prototypes per scale over whole normal feature maps: 3 x (K, C_i, H_i, W_i) float32 on the CPU.
+    """K-means prototypes per scale of ``scales`` (encoder scales, fine to coarse) over whole normal feature
+    maps: one (K, C_i, H_i, W_i) float32 tensor per scale, on the CPU.
 
     ``normals`` (N, S, S, 3) uint8; K = max(1, round(ratio * N)). One generator seeded with ``seed`` serves
-    the three scales in order (stride 4 first), so a seed fixes the prototypes. Each scale's features are
+    the scales in order (finest first), so a seed fixes the prototypes. Each scale's features are
     released as soon as it is clustered: they are the bulk of the memory (2.7 GiB for Wide-ResNet50-2 on
     391 images at 256 px), the Gram matrix and centres are small beside them.
-    With ``bank_size`` set, each scale is instead a memory bank 3 x (M, C_i, 1, 1): ``bank_size`` location
+    With ``bank_size`` set, each scale is instead a memory bank (M, C_i, 1, 1): ``bank_size`` location
     vectors from all normal maps chosen by greedy coreset (for ``prototype_match: patch``).
     """
     generator = torch.Generator().manual_seed(seed)
     k = prototype_count(len(normals), ratio)
-    scales = encode_normals(encoder, normals, device=device, batch_size=batch_size)
+    encoded = encode_normals(encoder, normals, device=device, batch_size=batch_size)
+    maps_per_scale = [encoded[i] for i in scales]
+    del encoded
     prototypes = []
-    while scales:
-        maps = scales.pop(0)  # (N, C, H, W); the list no longer holds it
+    while maps_per_scale:
+        maps = maps_per_scale.pop(0)  # (N, C, H, W); the list no longer holds it
         if bank_size is not None:
             vectors = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])  # (N*H*W, C)
             prototypes.append(coreset(vectors, bank_size, generator=generator)[:, :, None, None])  # (M, C, 1, 1)

@@ -19,10 +19,11 @@ def build_prn(
     encoder: Encoder | None = None,
     score_banks: list[torch.Tensor] | None = None,
 ) -> PRN:
-    """Build PRN around ``prototypes`` (3 tensors (K_i, C_i, H_i, W_i)) and optional ``score_banks``
+    """Build PRN around ``prototypes`` (one tensor (K_i, C_i, H_i, W_i) per head scale) and optional ``score_banks``
     (2 tensors (M, C_i): a finished run with ``model.score_bank_size`` > 0); the encoder is built unless given."""
     encoder = encoder if encoder is not None else build_encoder(config.encoder)
-    c = encoder.channels[:3]
+    scales = config.head_scales
+    c = tuple(encoder.channels[i] for i in scales)
     joint = tuple(2 * ci for ci in c)
     attention = torch.nn.ModuleList(
         MSAStack(
@@ -32,7 +33,7 @@ def build_prn(
             head_dim=config.msa_head_dim,
             max_kv=config.msa_max_kv,
         )
-        for i, d in enumerate(joint)
+        for i, d in zip(scales, joint, strict=True)
     )
     return PRN(
         encoder=encoder,
@@ -41,18 +42,13 @@ def build_prn(
         residual_fusion=MultiScaleFusion(channels=c),
         attention=attention,
         output_fusion=MultiScaleFusion(channels=joint),
-        decoder=Decoder(bottom_channels=encoder.channels[3], skip_channels=joint, channels=config.decoder_channels),
+        decoder=Decoder(
+            bottom_channels=encoder.channels[3], skip_channels=joint, channels=config.decoder_channels[: len(scales)]
+        ),
         residual_kind=config.residual,
         topk=config.topk,
         prototype_match=config.prototype_match,
+        head_scales=scales,
         score_smoothing=config.score_smoothing,
         score_banks=score_banks,
     )
-
-
-def prototype_shapes(encoder: Encoder, image_size: int, counts: tuple[int, int, int]) -> list[tuple[int, ...]]:
-    """Shapes (K_i, C_i, S/r_i, S/r_i) of the prototype buffers for ``counts`` prototypes per scale."""
-    return [
-        (k, ch, image_size // r, image_size // r)
-        for k, ch, r in zip(counts, encoder.channels, encoder.reductions, strict=False)
-    ]

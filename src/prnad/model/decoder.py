@@ -1,9 +1,9 @@
 """U-Net-like decoder: from the encoder's stride-32 map up to the full-resolution anomaly map.
 
-At each of strides 16, 8, 4: upsample x2 + conv, concatenate the fused map of that stride, two
-conv-BN-ReLU. Then a 1x1 conv to one logit channel and a bilinear upsample to the image size. A 1x1 conv
-and bilinear interpolation are both linear and commute exactly, so this equals the figure's "upsample,
-then conv" while convolving 16x fewer pixels.
+At each skip's stride (16, 8, 4, or 16, 8 for a head without stride 4): upsample x2 + conv, concatenate the
+fused map of that stride, two conv-BN-ReLU. Then a 1x1 conv to one logit channel and a bilinear upsample to
+the image size. A 1x1 conv and bilinear interpolation are both linear and commute exactly, so this equals
+the figure's "upsample, then conv" while convolving 16x (or 64x) fewer pixels.
 """
 
 from __future__ import annotations
@@ -31,26 +31,24 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """bottom (B, C4, S/32, S/32) and skips [(B, C_i, S/r_i, S/r_i) for r = 4, 8, 16] -> logits (B, 1, S, S)."""
+    """bottom (B, C4, S/32, S/32) and skips [(B, C_i, S/r_i, S/r_i)], fine to coarse, each of half the side of
+    the one before and the coarsest at S/16 -> logits (B, 1, S, S).
 
-    def __init__(
-        self, *, bottom_channels: int, skip_channels: tuple[int, int, int], channels: tuple[int, int, int]
-    ) -> None:
+    ``skip_channels`` fine to coarse, ``channels`` coarse to fine (the block at stride 16 first), one each.
+    """
+
+    def __init__(self, *, bottom_channels: int, skip_channels: tuple[int, ...], channels: tuple[int, ...]) -> None:
         super().__init__()
-        c16, c8, c4 = channels
-        s4, s8, s16 = skip_channels
-        self.blocks = nn.ModuleList(
-            [
-                UpBlock(c_in=bottom_channels, c_skip=s16, c_out=c16),
-                UpBlock(c_in=c16, c_skip=s8, c_out=c8),
-                UpBlock(c_in=c8, c_skip=s4, c_out=c4),
-            ]
-        )
-        self.head = nn.Conv2d(c4, 1, 1)
+        if len(skip_channels) != len(channels) or not channels:
+            raise ValueError(f"one decoder width per skip: {len(skip_channels)} skips, widths {list(channels)}")
+        widths_in = (bottom_channels, *channels[:-1])
+        pairs = zip(widths_in, reversed(skip_channels), channels, strict=True)
+        self.blocks = nn.ModuleList(UpBlock(c_in=a, c_skip=s, c_out=c) for a, s, c in pairs)
+        self.head = nn.Conv2d(channels[-1], 1, 1)
 
     def forward(self, bottom: torch.Tensor, skips: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         x = bottom
         for block, skip in zip(self.blocks, reversed(skips), strict=True):
             x = block(x, skip)
-        x = self.head(x)  # (B, 1, S/4, S/4)
+        x = self.head(x)  # (B, 1, S/r, S/r), r the finest skip's stride
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (B, 1, S, S)

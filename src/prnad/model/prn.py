@@ -1,6 +1,7 @@
 """The PRN model: frozen encoder, prototypes, residuals, MF1 x2, MSA, MF2, decoder, top-K score.
 
-Shape letters: B batch, S image side, C_i channels at scale i (strides 4, 8, 16), K_i prototypes.
+Shape letters: B batch, S image side, C_i channels at scale i (strides 4, 8, 16; the head works on
+``head_scales`` of them, all three by default), K_i prototypes.
 """
 
 from __future__ import annotations
@@ -92,10 +93,12 @@ class PRN(nn.Module):
         prototype_match: str = "map",
         score_smoothing: float = 0.0,
         score_banks: list[torch.Tensor] | None = None,
+        head_scales: tuple[int, ...] = (0, 1, 2),
     ) -> None:
         super().__init__()
-        if len(prototypes) != 3:
-            raise ValueError(f"expected prototypes for 3 scales, got {len(prototypes)}")
+        if len(prototypes) != len(head_scales):
+            raise ValueError(f"expected prototypes for {len(head_scales)} scales, got {len(prototypes)}")
+        self.head_scales = tuple(head_scales)
         self.encoder = encoder
         for i, p in enumerate(prototypes):
             self.register_buffer(f"prototypes_{i}", p.clone())  # (K_i, C_i, H_i, W_i)
@@ -115,7 +118,11 @@ class PRN(nn.Module):
 
     @property
     def prototypes(self) -> list[torch.Tensor]:
-        return [getattr(self, f"prototypes_{i}") for i in range(3)]
+        return [getattr(self, f"prototypes_{i}") for i in range(len(self.head_scales))]
+
+    def head_features(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The encoder maps of the head's scales, fine to coarse, from the encoder's first three."""
+        return [features[i] for i in self.head_scales]
 
     def residuals(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per scale, the residual of each map to its nearest prototype; shapes as ``features``."""
@@ -161,9 +168,10 @@ class PRN(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
         with torch.no_grad():
-            *features, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
+            *encoded, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
+            distances = self.bank_distances(encoded)  # (B, n_banks) or None
+            features = self.head_features(encoded)  # one map per head scale
             residuals = self.residuals(features)
-            distances = self.bank_distances(features)  # (B, n_banks) or None
         fused_f = self.feature_fusion(features)
         fused_r = self.residual_fusion(residuals)
         joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)

@@ -95,6 +95,7 @@ def _start_fresh(config: RunConfig, pool: TrainingPool, device: torch.device) ->
         seed=config.train.seed,
         device=device,
         bank_size=m.patch_bank_size if m.prototype_match == "patch" else None,
+        scales=m.head_scales,
     )
     return build_prn(config.model, prototypes=[p.to(device) for p in prototypes], encoder=encoder).to(device)
 
