@@ -39,6 +39,16 @@ CANDIDATES: dict[str, dict[str, object]] = {
         "model.msa_scales": [1, 2],
         "model.decoder_channels": [64, 32, 16],
     },
+    # image score = z-sum of the top-K map score and the largest nearest-neighbour distances to 4096 normal
+    # (3x3-averaged) vectors at strides 8 and 16, standardised on the held-out normals
+    "patch_bank": {"model.prototype_match": "patch", "model.score_bank_size": 4096},
+    # the same head on strides 8 and 16 only (map decoded at stride 8), MSA at stride 16 only
+    "patch_bank_light": {
+        "model.prototype_match": "patch",
+        "model.score_bank_size": 4096,
+        "model.head_scales": [1, 2],
+        "model.msa_scales": [2],
+    },
 }
 
 

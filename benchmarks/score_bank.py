@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,28 +64,52 @@ def _figures(result: dict) -> dict:
     }
 
 
+PAPER = {"bottle": (100.0, 99.4, 97.0, 92.3), "screw": (95.9, 97.5, 92.4, 44.9)}  # PRN, ResNet18
+
+
+def _prf(at: dict | None, level: str) -> str:
+    part = (at or {}).get(level)
+    return " / ".join(f"{part[k]:.1f}" for k in ("precision", "recall", "f1")) if part else "-"
+
+
 def _markdown(data: dict) -> str:
-    lines = ["# Image score with memory banks, added to trained runs", "", f"Command: `{data['command']}`", ""]
-    lines += [f"Machine: {data['machine']}, {data['date']}.", ""]
-    lines += ["| run | score | image AUROC | pixel AUROC | PRO | pixel AP | image P / R / F1 at threshold | ms/image |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
+    lines = ["# Score banks added to trained runs", "", f"Command: `{data['command']}`", ""]
+    lines += [f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (the spec's)"]
+    lines += ["and after (`model.score_bank_size`), on the test split minus the seed's seen anomalies.", ""]
+    lines += ["| run | category | seed | model | image AUROC | pixel AUROC | PRO | pixel AP |"]
+    lines[-1] += " image P / R / F1 | pixel P / R / F1 | ms/image |"
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, r in data["runs"].items():
-        for label, f in (("top-K (spec)", r["before"]), (f"banks {r['size']}", r["after"])):
+        for label, f in (("decoder map, top-K", r["before"]), (f"banks {r['size']}", r["after"])):
             m = f["metrics"]
-            at = (f.get("at_threshold") or {}).get("image") or {}
-            prf = " / ".join(f"{at[k]:.1f}" for k in ("precision", "recall", "f1")) if at else "-"
-            cells = [run, label, *(f"{m[k]:.1f}" for k in KEYS), prf, f"{f['ms_per_image']:.1f}"]
+            cells = [run, r["category"], str(r["seed"]), label, *(f"{m[k]:.1f}" for k in KEYS)]
+            cells += [_prf(f["at_threshold"], "image"), _prf(f["at_threshold"], "pixel"), f"{f['ms_per_image']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Image AUROC per defect type:", ""]
+    lines += [
+        "",
+        "Means over the seeds measured:",
+        "",
+        "| category | model | seeds | image AUROC | pixel AUROC | PRO | pixel AP |",
+    ]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for category in sorted({r["category"] for r in data["runs"].values()}):
+        runs = [r for r in data["runs"].values() if r["category"] == category]
+        seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        for label, key in (("decoder map, top-K", "before"), ("banks", "after")):
+            means = [statistics.fmean(r[key]["metrics"][k] for r in runs) for k in KEYS]
+            lines.append(f"| {category} | {label} | {seeds} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
+        if category in PAPER:
+            lines.append(
+                f"| {category} | paper (PRN, ResNet18) | | " + " | ".join(f"{v:.1f}" for v in PAPER[category]) + " |"
+            )
+    lines += ["", "Image AUROC per defect type (before -> after):", ""]
     for run, r in data["runs"].items():
         types = sorted(r["before"]["per_type_image_auroc"])
-        lines += [
-            f"- {run}: "
-            + ", ".join(
-                f"{t} {r['before']['per_type_image_auroc'][t]:.1f} -> {r['after']['per_type_image_auroc'][t]:.1f}"
-                for t in types
-            )
-        ]
+        pairs = (
+            f"{t} {r['before']['per_type_image_auroc'][t]:.1f} -> {r['after']['per_type_image_auroc'][t]:.1f}"
+            for t in types
+        )
+        lines.append(f"- {run}: " + ", ".join(pairs))
     return "\n".join(lines) + "\n"
 
 
@@ -94,10 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="score_bank")
+    p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     path = args.results / f"{args.name}.json"
     data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if args.report_only:
+        (args.results / f"{args.name}.md").write_text(_markdown(data))
+        return
     data.update(
         command="python " + shlex.join(["benchmarks/score_bank.py", *(sys.argv[1:] if argv is None else argv)]),
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -108,8 +137,16 @@ def main(argv: list[str] | None = None) -> None:
         with_score_banks(run, args.size, out)
         before = _figures(prnad.load(run, device="cpu").evaluate())
         after = _figures(prnad.load(out, device="cpu").evaluate())
-        data["runs"][str(run)] = {"size": args.size, "before": before, "after": after}
+        config = prnad.load(run, device="cpu").config
+        data["runs"][str(run)] = {
+            "category": Path(config.data.root).name,
+            "seed": config.train.seed,
+            "size": args.size,
+            "before": before,
+            "after": after,
+        }
         print(run, before["metrics"], "->", after["metrics"], flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     (args.results / f"{args.name}.md").write_text(_markdown(data))
     print(_markdown(data))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 import prnad
 from prnad.config import build_config, load_yaml
@@ -74,11 +75,25 @@ def time_ms(fn: Callable, x: torch.Tensor, device: torch.device, *, warmup: int,
     return times
 
 
-def random_model(config_path: str | None, prototypes: int) -> tuple[PRN, int]:
+def dotted_overrides(items: list[str]) -> dict:
+    """KEY=VALUE pairs (dotted keys, YAML values), e.g. model.head_scales=[1,2], as a nested dict."""
+    values: dict = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def random_model(config_path: str | None, prototypes: int, sets: list[str] = ()) -> tuple[PRN, int]:
     """A PRN with random weights, ``prototypes`` random prototypes per scale (or ``model.patch_bank_size``
     bank vectors with patch matching) and random score banks when the config asks for them (timing depends
     on shapes only)."""
-    config = build_config(load_yaml(config_path) if config_path else {}, {"model": {"encoder": {"weights": "random"}}})
+    layers = [load_yaml(config_path) if config_path else {}, dotted_overrides(list(sets))]
+    config = build_config(*layers, {"model": {"encoder": {"weights": "random"}}})
     torch.manual_seed(0)
     encoder = build_encoder(config.model.encoder)
     size = config.data.image_size
@@ -175,7 +190,7 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
         *encoded, bottom = timed("encoder", model.encoder, x)
         features = model.head_features(encoded)
         residuals = timed("prototype matching", model.residuals, features)
-        distances = timed("score banks", model.bank_distances, encoded)
+        distances = timed("score banks", model.distance_maps, encoded)
         joint = timed(
             "MF1 (features + residuals)",
             lambda f, r: [
@@ -275,6 +290,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", help="trained run folder (default: random weights, --config's shapes)")
     p.add_argument("--config", help="YAML config for the random-weights model (default: the defaults)")
     p.add_argument("--prototypes", type=int, default=21, help="prototypes per scale of the random model")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the random model"
+    )
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--device", default="cpu")
@@ -297,8 +315,9 @@ def main(argv: list[str] | None = None) -> dict:
         model, size, source = detector.model, detector.image_size, args.run
         backbone = detector.config.model.encoder.backbone
     else:
-        model, size = random_model(args.config, args.prototypes)
-        source, backbone = f"random weights ({args.config or 'defaults'})", None
+        model, size = random_model(args.config, args.prototypes, args.set)
+        sets = "".join(f", {item}" for item in args.set)
+        source, backbone = f"random weights ({args.config or 'defaults'}{sets})", None
     model = model.to(device).eval()
     engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
     skipped: dict[str, str] = {}

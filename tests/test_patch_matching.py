@@ -82,3 +82,14 @@ def test_prn_with_patch_matching_runs_and_exports(tmp_path):
 def test_bank_size_is_checked():
     with pytest.raises(ConfigError, match="patch_bank_size"):
         ModelConfig(prototype_match="patch", patch_bank_size=0)
+
+
+def test_coreset_is_greedy_farthest_point_selection():
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(3))
+    got = coreset(x, 20, generator=torch.Generator().manual_seed(4))
+    first = int(torch.randint(300, (1,), generator=torch.Generator().manual_seed(4)))  # the same first draw
+    chosen = [first]
+    for _ in range(19):  # the reference: exact distances to every chosen row, farthest next
+        d = torch.cdist(x, x[chosen], compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+        chosen.append(int(d.argmax()))
+    assert torch.equal(got, x[chosen])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import prnad
 from prnad.config import EncoderConfig, ModelConfig, build_config
@@ -15,17 +17,18 @@ from prnad.export import OnnxRuntimeEngine, export_onnx
 from prnad.fitting import compute_score_banks
 from prnad.model import build_encoder, build_prn
 from prnad.model.prn import SCORE_SCALES, fused_for_inference, topk_score
-from prnad.model.prototypes import largest_nearest_distance
+from prnad.model.prototypes import nearest_distance_map
 from tests.conftest import tiny_overrides
 
 
-def test_largest_nearest_distance_is_the_brute_force_one():
+def test_nearest_distance_map_is_the_brute_force_one():
     g = torch.Generator().manual_seed(0)
     features, bank = torch.randn(3, 8, 5, 6, generator=g), torch.randn(40, 8, generator=g)
-    got = largest_nearest_distance(features, bank)
+    got = nearest_distance_map(features, bank)
+    assert got.shape == (3, 1, 5, 6)
     pooled = torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)  # zero-padded 3x3 mean
     queries = pooled.permute(0, 2, 3, 1).reshape(3, -1, 8)  # (B, H*W, C)
-    expected = torch.stack([torch.cdist(q, bank).min(1).values.max() for q in queries])
+    expected = torch.stack([torch.cdist(q, bank).min(1).values for q in queries]).view(3, 1, 5, 6)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -34,8 +37,8 @@ def test_an_image_of_one_vector_is_at_distance_zero_from_its_zero_padded_means()
     features = v.view(1, 4, 1, 1).expand(1, 4, 5, 5).contiguous()  # one vector everywhere
     inside, edge, corner = v, v * 6 / 9, v * 4 / 9  # the 3x3 means: zero padding at the border
     # 0 up to float32 cancellation in ||q||^2 + ||r||^2 - 2 q.r (sqrt of ~1e-7)
-    assert float(largest_nearest_distance(features, torch.stack([inside, edge, corner]))) < 2e-3
-    got = float(largest_nearest_distance(features, torch.stack([inside, edge])))  # no corner vector
+    assert float(nearest_distance_map(features, torch.stack([inside, edge, corner])).max()) < 2e-3
+    got = float(nearest_distance_map(features, torch.stack([inside, edge])).max())  # no corner vector
     assert got == pytest.approx(float((corner - edge).norm()), rel=1e-4)
 
 
@@ -65,20 +68,30 @@ def _banked_model() -> torch.nn.Module:
     banks = [torch.randn(30, encoder.channels[i]) for i in SCORE_SCALES]
     model = fused_for_inference(build_prn(config, prototypes=protos[:3], encoder=encoder, score_banks=banks))
     model.score_stats.copy_(torch.tensor([[0.2, 3.0, 5.0], [0.1, 2.0, 4.0]]))
+    model.map_stats.copy_(torch.tensor([[-1.0, 2.0, 3.0], [0.5, 4.0, 8.0]]))
     return model
 
 
-def test_the_score_is_the_sum_of_the_standardised_parts():
+def test_the_score_and_the_map_are_sums_of_standardised_parts():
     model = _banked_model()
     with torch.no_grad():
         out = model(torch.rand(3, 3, 64, 64))
     assert out.distances.shape == (3, 2)
-    topk = topk_score(out.logits, model.topk)
+    topk = topk_score(out.decoder_logits, model.topk)
     d = out.distances.double()
     expected = (topk - 0.2) / 0.1 + (d[:, 0] - 3.0) / 2.0 + (d[:, 1] - 5.0) / 4.0
     torch.testing.assert_close(out.score, expected)
+    with torch.no_grad():
+        *encoded, _ = model.encoder(torch.rand(1, 3, 64, 64))
+        maps = model.distance_maps(encoded)  # (1, 1, 8, 8) at stride 8 and (1, 1, 4, 4) at stride 16
+    up = [torch.nn.functional.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False) for m in maps]
+    decoder = torch.randn(1, 1, 64, 64)
+    fused = model.output(decoder, maps).logits
+    z = (decoder + 1.0) / 0.5 + (up[0] - 2.0) / 4.0 + (up[1] - 3.0) / 8.0  # the plain sum of the z-scores
+    torch.testing.assert_close(fused, -1.0 + 0.5 * z)  # mean_L + std_L * z: ranks pixels as z
+    assert torch.equal(out.anomaly_map, torch.sigmoid(out.logits))
     with pytest.raises(ValueError, match="score banks"):
-        model.output(out.logits)
+        model.output(out.decoder_logits)
 
 
 def test_the_banked_score_exports(tmp_path: Path):
@@ -106,11 +119,37 @@ def test_training_standardises_the_score_on_the_held_out_normals(tiny_category: 
     values["threshold"] = {"holdout_fraction": 0.3, "calibration_anomalies": 4}
     detector = prnad.train(tiny_category, tmp_path / "run", overrides=values)
     stats = detector.info["score_stats"]
-    assert stats["normals"] == 3 and len(stats["mean"]) == 3 and min(stats["std"]) > 0
+    assert stats["normals"] == 3 and len(stats["image_mean"]) == 3 and min(stats["image_std"] + stats["pixel_std"]) > 0
     # the held-out normals' scores are sums of three zero-mean z-scores: their mean is 0
     held = [tiny_category / p for p in detector.info["calibration_normals"]]
     scores = [p.score for p in detector.predict(held)]
     assert abs(np.mean(scores)) < 1e-4
     assert detector.info["thresholds"]["normal_scores"] == pytest.approx(scores, abs=1e-6)
+    # the same for their pixels: the fused logits average to the decoder's normal-pixel mean
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in held]))
+    with torch.no_grad():
+        fused = detector.model(pixels.permute(0, 3, 1, 2).float() / 255).logits
+    assert float(fused.double().mean()) == pytest.approx(stats["pixel_mean"][0], abs=1e-3)
     again = prnad.load(tmp_path / "run", device="cpu")  # banks and statistics come back from the checkpoint
     assert [p.score for p in again.predict(held)] == pytest.approx(scores, abs=1e-9)
+
+
+def test_banks_added_to_a_trained_run_equal_training_with_them(tiny_category: Path, tmp_path: Path):
+    """The banks never enter the loss: ``benchmarks/score_bank.py`` on a run trained without them gives the
+    model, statistics and thresholds that training with them gives."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import score_bank
+
+    values = tiny_overrides(tiny_category)
+    values["threshold"] = {"holdout_fraction": 0.3, "calibration_anomalies": 4}
+    prnad.train(tiny_category, tmp_path / "plain", overrides=values)
+    values["model"]["score_bank_size"] = 16
+    trained = prnad.train(tiny_category, tmp_path / "banked", overrides=values)
+    score_bank.main([str(tmp_path / "plain"), "--size", "16", "--results", str(tmp_path / "results")])
+    added = prnad.load(tmp_path / "plain_bank16", device="cpu")
+    a, b = trained.model.state_dict(), added.model.state_dict()
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert added.info["score_stats"] == trained.info["score_stats"]
+    assert added.info["thresholds"] == trained.info["thresholds"]
+    report = (tmp_path / "results" / "score_bank.md").read_text()
+    assert "| banks 16 |" in report and "Means over the seeds measured" in report

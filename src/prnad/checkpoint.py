@@ -126,6 +126,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     model = build_prn(config.model, prototypes=prototypes, encoder=build_encoder(skeleton), score_banks=banks or None)
     if not banks:  # checkpoints of prnad before score banks hold no statistics; without banks they are (0, 1)
         state.setdefault("score_stats", model.score_stats)
+        state.setdefault("map_stats", model.map_stats)
     load_strict(model, state, path, what="the model its config describes (written by another prnad version?)")
     optim_meta = json.loads(header.get("optimizer", "null"))
     optim_tensors = {k: v for k, v in tensors.items() if k.startswith(_OPTIM)}

@@ -43,15 +43,18 @@ class ExportGraph(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(images)  # the float64 score of PRN.forward is unused and pruned
-        logits = out.logits  # (B, 1, S, S)
-        amap = torch.sigmoid(logits)
-        ranked = gaussian_blur(amap, self.model.score_smoothing) if self.model.score_smoothing > 0 else amap
+        logits, maps = self.model.decode(images)  # the decoder's (B, 1, S, S); float32 throughout
+        decoder_map = torch.sigmoid(logits)
+        ranked = (
+            gaussian_blur(decoder_map, self.model.score_smoothing) if self.model.score_smoothing > 0 else decoder_map
+        )
         flat = ranked.flatten(1)  # (B, S*S)
         score = flat.topk(min(self.model.topk, flat.shape[1]), dim=1).values.mean(1)  # (B,) float32
-        if out.distances is not None:
-            score = self.model.combined_score(score, out.distances)  # (B,) float32
-        return logits, amap, score
+        if maps is None:
+            return logits, decoder_map, score
+        fused = self.model.fused_logits(logits, maps)
+        score = self.model.combined_score(score, self.model.largest_distances(maps))  # (B,) float32
+        return fused, torch.sigmoid(fused), score
 
 
 def _modes(model: nn.Module) -> dict[str, bool]:
@@ -166,10 +169,13 @@ def export_run(model: PRN, run_dir: Path, model_file: Path, fmt: Format, *, imag
 
 
 def _output(logits: np.ndarray, amap: np.ndarray, score: np.ndarray) -> PRNOutput:
+    """An engine's outputs as :class:`PRNOutput`; the graph has no separate decoder map (only training needs it)."""
+    reported = torch.from_numpy(np.ascontiguousarray(logits))
     return PRNOutput(
-        logits=torch.from_numpy(np.ascontiguousarray(logits)),
+        logits=reported,
         anomaly_map=torch.from_numpy(np.ascontiguousarray(amap)),
         score=torch.from_numpy(np.ascontiguousarray(score)).double(),
+        decoder_logits=reported,
     )
 
 

@@ -85,7 +85,7 @@ PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 class ReducedPrecision:
     """The PyTorch model under autocast in float16 or bfloat16 (matmuls and convs in reduced precision); the
-    logits come back as float32 and the score is computed from them in float64, as in float32."""
+    logits and distance maps come back as float32 and the score is computed from them in float64, as in float32."""
 
     def __init__(self, model: PRN, precision: str, device: torch.device) -> None:
         if precision not in PRECISIONS:
@@ -98,9 +98,8 @@ class ReducedPrecision:
 
     def __call__(self, images: torch.Tensor) -> PRNOutput:
         with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.model(images)
-        distances = None if out.distances is None else out.distances.float()
-        return self.model.output(out.logits.float(), distances)
+            logits, maps = self.model.decode(images)
+        return self.model.output(logits.float(), None if maps is None else [m.float() for m in maps])
 
 
 class Detector:

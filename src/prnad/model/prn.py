@@ -10,13 +10,14 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prnad.model.decoder import Decoder
 from prnad.model.encoder import Encoder, fold_batchnorm
 from prnad.model.fusion import MultiScaleFusion
 from prnad.model.prototypes import (
-    largest_nearest_distance,
+    nearest_distance_map,
     nearest_patch,
     nearest_prototype,
     nearest_prototype_per_location,
@@ -24,7 +25,7 @@ from prnad.model.prototypes import (
 )
 
 MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location, "patch": nearest_patch}
-SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the image score
+SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the score and the map
 
 
 @dataclass
@@ -34,8 +35,10 @@ class PRNOutput:
     logits: (B, 1, S, S) pre-sigmoid map; anomaly_map: (B, 1, S, S) float32 sigmoid of it (Mo), in [0, 1];
     score: (B,) float64 image score, the mean of the top-K pixels of Mo, computed from the logits in float64.
     Pixels that anomaly_map shows as exactly 1.0 (logits above about 16.6) still rank apart by their logits.
-    With score banks (``model.score_bank_size`` > 0) the score is instead the sum of the standardised top-K
-    score and the standardised ``distances`` (see :meth:`PRN.combined_score`).
+    decoder_logits: the decoder's own map (what the loss trains); without score banks it is ``logits``.
+    With score banks (``model.score_bank_size`` > 0), ``logits`` adds the standardised distance maps to the
+    decoder's (:meth:`PRN.fused_logits`) and the score is the sum of the standardised top-K score of the
+    decoder's map and the standardised ``distances`` (:meth:`PRN.combined_score`).
     distances: (B, 2) float32, per score bank (strides 8, 16) the image's largest nearest-neighbour distance;
     None without score banks.
     """
@@ -43,6 +46,7 @@ class PRNOutput:
     logits: torch.Tensor
     anomaly_map: torch.Tensor
     score: torch.Tensor
+    decoder_logits: torch.Tensor
     distances: torch.Tensor | None = None
 
 
@@ -131,8 +135,8 @@ class PRN(nn.Module):
         ]
 
     def set_score_banks(self, banks: list[torch.Tensor]) -> None:
-        """Use ``banks`` (one (M, C_i) tensor per scale of SCORE_SCALES, or none) in the image score, with
-        statistics reset to (0, 1) until :func:`prnad.training.calibration.standardise_score` sets them."""
+        """Use ``banks`` (one (M, C_i) tensor per scale of SCORE_SCALES, or none) in the score and the map,
+        with statistics reset to (0, 1) until :func:`prnad.training.calibration.standardise_score` sets them."""
         if len(banks) not in (0, len(SCORE_SCALES)):
             raise ValueError(f"expected score banks for {len(SCORE_SCALES)} scales or none, got {len(banks)}")
         for i in range(self.n_score_banks):
@@ -140,22 +144,44 @@ class PRN(nn.Module):
         self.n_score_banks = len(banks)
         for i, bank in enumerate(banks):
             self.register_buffer(f"score_bank_{i}", bank.clone())  # (M, C_i) for the scale SCORE_SCALES[i]
-        # Row 0: mean, row 1: standard deviation of (top-K score, distance per bank) over held-out normal
-        # images; (0, 1) until they are set (the raw sum).
+        # Row 0: mean, row 1: standard deviation over held-out normal images, (0, 1) until they are set, of
+        # score_stats: the top-K score and each bank's largest distance in an image (image level);
+        # map_stats: the decoder's logit and each bank's upsampled distance map (pixel level).
         stats = torch.stack([torch.zeros(1 + len(banks)), torch.ones(1 + len(banks))])  # (2, 1 + n_banks)
         device = self.prototypes_0.device
         self.register_buffer("score_stats", stats.to(device))
+        self.register_buffer("map_stats", stats.clone().to(device))
 
     @property
     def score_banks(self) -> list[torch.Tensor]:
         return [getattr(self, f"score_bank_{i}") for i in range(self.n_score_banks)]
 
-    def bank_distances(self, features: list[torch.Tensor]) -> torch.Tensor | None:
-        """(B, n_banks): per score bank, each image's largest nearest-neighbour distance; None without banks."""
+    def distance_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Per score bank, the map (B, 1, H_i, W_i) of nearest-neighbour distances of ``features`` (the
+        encoder's first three maps) at its scale; None without banks."""
         if not self.n_score_banks:
             return None
         pairs = zip(SCORE_SCALES, self.score_banks, strict=True)
-        return torch.stack([largest_nearest_distance(features[i], bank) for i, bank in pairs], dim=1)
+        return [nearest_distance_map(features[i], bank) for i, bank in pairs]
+
+    @staticmethod
+    def largest_distances(maps: list[torch.Tensor]) -> torch.Tensor:
+        """Per image, each distance map's largest value: n_banks x (B, 1, H_i, W_i) -> (B, n_banks)."""
+        return torch.stack([m.flatten(1).amax(1) for m in maps], dim=1)
+
+    def fused_logits(self, logits: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The decoder's ``logits`` (B, 1, S, S) plus the distance ``maps``, upsampled to S and standardised
+        by ``map_stats``, scaled by the logits' own spread on normal pixels: (B, 1, S, S) in logits' dtype.
+
+        With z the standardised parts, this is mean_L + std_L (z_L + sum_i z_i): it ranks pixels as the plain
+        sum of z-scores, and keeps normal pixels where the decoder puts them (far below 0, so Mo stays near 0).
+        """
+        stats = self.map_stats.to(logits.dtype)  # (2, 1 + n_banks)
+        z = torch.zeros_like(logits)
+        for i, m in enumerate(maps):
+            up = F.interpolate(m.to(logits.dtype), size=logits.shape[-2:], mode="bilinear", align_corners=False)
+            z = z + (up - stats[0, i + 1]) / stats[1, i + 1]
+        return logits + stats[1, 0] * z
 
     def combined_score(self, topk: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
         """Sum of the z-scores of the top-K score (B,) and the distances (B, n_banks), standardised by
@@ -164,12 +190,13 @@ class PRN(nn.Module):
         stats = self.score_stats.to(topk.dtype)  # (2, 1 + n_banks)
         return ((parts - stats[0]) / stats[1]).sum(1)
 
-    def forward(self, images: torch.Tensor) -> PRNOutput:
+    def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The decoder's logits (B, 1, S, S) and the score banks' distance maps (or None) of ``images``."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
         with torch.no_grad():
             *encoded, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
-            distances = self.bank_distances(encoded)  # (B, n_banks) or None
+            maps = self.distance_maps(encoded)  # n_banks x (B, 1, H_i, W_i) or None
             features = self.head_features(encoded)  # one map per head scale
             residuals = self.residuals(features)
         fused_f = self.feature_fusion(features)
@@ -177,17 +204,27 @@ class PRN(nn.Module):
         joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)
         attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
         fused = self.output_fusion(attended)
-        return self.output(self.decoder(bottom, fused, images.shape[-2:]), distances)  # logits (B, 1, S, S)
+        return self.decoder(bottom, fused, images.shape[-2:]), maps
 
-    def output(self, logits: torch.Tensor, distances: torch.Tensor | None = None) -> PRNOutput:
-        """The map and the image score of ``logits`` (B, 1, S, S) and the bank ``distances`` (B, n_banks),
-        as :class:`PRNOutput`."""
-        if (distances is None) != (self.n_score_banks == 0):
-            raise ValueError(f"the model has {self.n_score_banks} score banks; distances must match")
+    def forward(self, images: torch.Tensor) -> PRNOutput:
+        return self.output(*self.decode(images))
+
+    def output(self, logits: torch.Tensor, maps: list[torch.Tensor] | None = None) -> PRNOutput:
+        """:class:`PRNOutput` of the decoder's ``logits`` (B, 1, S, S) and the banks' distance ``maps``."""
+        if (maps is None) != (self.n_score_banks == 0):
+            raise ValueError(f"the model has {self.n_score_banks} score banks; the distance maps must match")
         score = topk_score(logits, self.topk, smoothing=self.score_smoothing)  # (B,) float64
-        if distances is not None:
-            score = self.combined_score(score, distances)
-        return PRNOutput(logits=logits, anomaly_map=torch.sigmoid(logits), score=score, distances=distances)
+        if maps is None:
+            return PRNOutput(logits=logits, anomaly_map=torch.sigmoid(logits), score=score, decoder_logits=logits)
+        distances = self.largest_distances(maps)  # (B, n_banks)
+        fused = self.fused_logits(logits, maps)
+        return PRNOutput(
+            logits=fused,
+            anomaly_map=torch.sigmoid(fused),
+            score=self.combined_score(score, distances),
+            decoder_logits=logits,
+            distances=distances,
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen encoder: what the optimiser sees."""

@@ -169,16 +169,16 @@ def local_average(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)
 
 
-def largest_nearest_distance(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Per image, the largest over locations of the L2 distance from the locally averaged feature vector to
-    its nearest bank vector: features (B, C, H, W), bank (M, C) -> (B,) in features' dtype.
+def nearest_distance_map(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """At every location, the L2 distance from the locally averaged feature vector to its nearest bank vector:
+    features (B, C, H, W), bank (M, C) -> (B, 1, H, W) in features' dtype.
 
     ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r, minimised over the M bank vectors: one batched matmul, exportable.
     """
-    b, c = features.shape[:2]
+    b, c, h, w = features.shape
     queries = local_average(features).permute(0, 2, 3, 1).reshape(b, -1, c)  # (B, H*W, C)
     sq = (queries * queries).sum(-1) + ((bank * bank).sum(1)[None, None, :] - 2 * queries @ bank.T).amin(-1)
-    return sq.clamp_min(0).amax(1).sqrt()  # (B, H*W) -> (B,)
+    return sq.clamp_min(0).sqrt().view(b, 1, h, w)  # (B, H*W) -> (B, 1, H, W)
 
 
 def coreset(x: torch.Tensor, m: int, *, generator: torch.Generator, candidates: int = 200_000) -> torch.Tensor:
@@ -192,12 +192,17 @@ def coreset(x: torch.Tensor, m: int, *, generator: torch.Generator, candidates: 
     if x.shape[0] > candidates:
         x = x[torch.randperm(x.shape[0], generator=generator)[:candidates]]
     m = min(m, x.shape[0])
+    sq_norms = (x * x).sum(1)  # (P,)
+
+    def sq_distances_to(i: int) -> torch.Tensor:  # (P,): ||x - x_i||^2 as a matrix-vector product, no (P, C) temporary
+        return (sq_norms - 2 * (x @ x[i]) + sq_norms[i]).clamp_min_(0)
+
     chosen = torch.empty(m, dtype=torch.long)
     chosen[0] = int(torch.randint(x.shape[0], (1,), generator=generator))
-    nearest = ((x - x[chosen[0]]) ** 2).sum(1)  # (P,) squared distance to the nearest chosen row
+    nearest = sq_distances_to(int(chosen[0]))  # (P,) squared distance to the nearest chosen row
     for j in range(1, m):
         chosen[j] = int(nearest.argmax())
-        nearest = torch.minimum(nearest, ((x - x[chosen[j]]) ** 2).sum(1))
+        nearest = torch.minimum(nearest, sq_distances_to(int(chosen[j])))
     return x[chosen].clone()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from prnad.config import RunConfig
 from prnad.errors import DataError
@@ -82,26 +83,42 @@ def batched_outputs(
     return np.concatenate(scores), np.concatenate(logits)
 
 
+def _mean_std(values: torch.Tensor) -> torch.Tensor:
+    """(N, P) -> (2, P): mean and standard deviation (ddof 1, at least 1e-6) of each column, float64."""
+    return torch.stack([values.mean(0), values.std(0).clamp_min(1e-6)])
+
+
 @torch.no_grad()
-def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> dict[str, list[float]]:
-    """Set ``model.score_stats`` to the mean and standard deviation (ddof 1) of the top-K score and the bank
-    distances over the held-out ``normals`` (N, S, S, 3) uint8, N >= 2, so that its score is the sum of their
-    z-scores. A spread below 1e-6 is taken as 1e-6. Returns the statistics as stored."""
+def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """Set ``model.score_stats`` and ``model.map_stats`` from the held-out ``normals`` (N, S, S, 3) uint8,
+    N >= 2: the mean and standard deviation (ddof 1; a spread below 1e-6 taken as 1e-6) of, per image, the
+    top-K score and each bank's largest distance, and over every pixel, the decoder's logit and each bank's
+    distance map upsampled to S. Returns the statistics as stored."""
     if len(normals) < 2:
         raise DataError(
             f"the image score needs at least 2 held-out normal images to standardise on, got {len(normals)}"
         )
     infer = fused_for_inference(model).to(device)
-    parts = []
+    image_parts, pixel_parts = [], []
     for start in range(0, len(normals), 16):
         batch = torch.from_numpy(normals[start : start + 16]).to(device).permute(0, 3, 1, 2).float().div_(255)
-        out = infer(batch)
-        topk = topk_score(out.logits, model.topk, smoothing=model.score_smoothing)  # (b,) float64
-        parts.append(torch.cat([topk[:, None], out.distances.double()], dim=1).cpu())  # (b, 1 + n_banks)
-    table = torch.cat(parts)  # (N, 1 + n_banks)
-    stats = torch.stack([table.mean(0), table.std(0).clamp_min(1e-6)])  # (2, 1 + n_banks)
-    model.score_stats.copy_(stats.to(model.score_stats))
-    return {"mean": stats[0].tolist(), "std": stats[1].tolist(), "normals": len(normals)}
+        logits, maps = infer.decode(batch)  # (b, 1, S, S), n_banks x (b, 1, H_i, W_i)
+        topk = topk_score(logits, model.topk, smoothing=model.score_smoothing)  # (b,) float64
+        image_parts.append(torch.cat([topk[:, None], infer.largest_distances(maps).double()], dim=1).cpu())
+        size = logits.shape[-2:]
+        ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        pixel_parts.append(torch.cat([logits, *ups], dim=1).permute(0, 2, 3, 1).flatten(0, 2).double().cpu())
+    image_stats = _mean_std(torch.cat(image_parts))  # (2, 1 + n_banks) over N images
+    map_stats = _mean_std(torch.cat(pixel_parts))  # (2, 1 + n_banks) over N*S*S pixels
+    model.score_stats.copy_(image_stats.to(model.score_stats))
+    model.map_stats.copy_(map_stats.to(model.map_stats))
+    return {
+        "image_mean": image_stats[0].tolist(),
+        "image_std": image_stats[1].tolist(),
+        "pixel_mean": map_stats[0].tolist(),
+        "pixel_std": map_stats[1].tolist(),
+        "normals": len(normals),
+    }
 
 
 def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: torch.device) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def _step(
     model: PRN, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor, config: RunConfig
 ) -> float:
     output = model(images)
-    loss = prn_loss(output.logits, masks, config.loss)
+    loss = prn_loss(output.decoder_logits, masks, config.loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
