@@ -76,13 +76,14 @@ def _markdown(data: dict) -> str:
     lines = ["# Score banks added to trained runs", "", f"Command: `{data['command']}`", ""]
     lines += [f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (the spec's)"]
     lines += ["and after (`model.score_bank_size`), on the test split minus the seed's seen anomalies.", ""]
-    lines += ["| run | category | seed | model | image AUROC | pixel AUROC | PRO | pixel AP |"]
+    lines += ["| run | category | seed | train min | model | image AUROC | pixel AUROC | PRO | pixel AP |"]
     lines[-1] += " image P / R / F1 | pixel P / R / F1 | ms/image |"
-    lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, r in data["runs"].items():
         for label, f in (("decoder map, top-K", r["before"]), (f"banks {r['size']}", r["after"])):
             m = f["metrics"]
-            cells = [run, r["category"], str(r["seed"]), label, *(f"{m[k]:.1f}" for k in KEYS)]
+            cells = [run, r["category"], str(r["seed"]), str(r.get("train_minutes", "-")), label]
+            cells += [f"{m[k]:.1f}" for k in KEYS]
             cells += [_prf(f["at_threshold"], "image"), _prf(f["at_threshold"], "pixel"), f"{f['ms_per_image']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -137,10 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         with_score_banks(run, args.size, out)
         before = _figures(prnad.load(run, device="cpu").evaluate())
         after = _figures(prnad.load(out, device="cpu").evaluate())
-        config = prnad.load(run, device="cpu").config
+        trained = prnad.load(run, device="cpu")
         data["runs"][str(run)] = {
-            "category": Path(config.data.root).name,
-            "seed": config.train.seed,
+            "category": Path(trained.config.data.root).name,
+            "seed": trained.config.train.seed,
+            "train_minutes": round(trained.info.get("train_seconds", float("nan")) / 60, 1),
             "size": args.size,
             "before": before,
             "after": after,
