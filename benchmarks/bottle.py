@@ -63,12 +63,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The --set KEY=VALUE pairs (values parsed as YAML) and the textures/weights paths, as a nested dict."""
-    values: dict[str, Any] = {"data": {"textures": args.textures}}
-    if args.weights:
-        values["model"] = {"encoder": {"weights": args.weights}}
-    for item in args.set:
+def dotted_overrides(items: list[str], values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """KEY=VALUE pairs (dotted keys, values parsed as YAML, e.g. model.head_scales=[1,2]) merged into
+    ``values`` (default: a new dict), as a nested dict."""
+    values = {} if values is None else values
+    for item in items:
         key, _, raw = item.partition("=")
         *parents, leaf = key.split(".")
         node = values
@@ -76,6 +75,14 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
     return values
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The --set KEY=VALUE pairs (values parsed as YAML) and the textures/weights paths, as a nested dict."""
+    values: dict[str, Any] = {"data": {"textures": args.textures}}
+    if args.weights:
+        values["model"] = {"encoder": {"weights": args.weights}}
+    return dotted_overrides(args.set, values)
 
 
 def saturated_metrics(maps_dir: Path, root: Path, image_size: int, topk: int) -> dict[str, float | None]:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 import prnad
+from bottle import dotted_overrides  # alongside this file
 from prnad.config import build_config, load_yaml
 from prnad.export import (
     ENGINES,
@@ -73,19 +73,6 @@ def time_ms(fn: Callable, x: torch.Tensor, device: torch.device, *, warmup: int,
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000)
     return times
-
-
-def dotted_overrides(items: list[str]) -> dict:
-    """KEY=VALUE pairs (dotted keys, YAML values), e.g. model.head_scales=[1,2], as a nested dict."""
-    values: dict = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = values
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return values
 
 
 def random_model(config_path: str | None, prototypes: int, sets: list[str] = ()) -> tuple[PRN, int]:
@@ -190,7 +177,7 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
         *encoded, bottom = timed("encoder", model.encoder, x)
         features = model.head_features(encoded)
         residuals = timed("prototype matching", model.residuals, features)
-        distances = timed("score banks", model.distance_maps, encoded)
+        distances = timed("score banks", model.distance_maps, encoded)  # distance maps, or None
         joint = timed(
             "MF1 (features + residuals)",
             lambda f, r: [
@@ -206,17 +193,15 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
             y = b
             for block, skip in zip(model.decoder.blocks, reversed(skips), strict=True):
                 y = block(y, skip)
-            return model.decoder.head(y)  # (B, 1, S/4, S/4)
+            return model.decoder.head(y)  # (B, 1, S/r, S/r), r the finest head stride
 
         low = timed("decoder", decode, bottom, fused)
         logits = timed(
             "upsample + score",
-            lambda y, d: (lambda full: (full, model.output(full, d).score))(
-                F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            ),
+            lambda y, d: model.output(F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False), d),
             low,
             distances,
-        )[0]
+        ).logits  # with score banks, the fused map
     torch.testing.assert_close(logits, model(x).logits)  # the stages are the model
     return {p: round(statistics.median(t[warmup:]), 3) for p, t in times.items()}
 

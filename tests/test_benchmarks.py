@@ -63,3 +63,17 @@ def test_report_names_every_seeds_command_and_the_steps_a_time_covers(tmp_path: 
     assert "python benchmarks/bottle.py --seeds 0" in text and "... --seeds 1 --resume" in text
     assert "1050 of 1300" in text and "1300 of 1300" in text
     assert data["summary"]["pixel_auroc"]["mean"] == 98.5
+
+
+def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):
+    """benchmarks/speed.py on a random-weights model built from --set overrides: every part is timed and the
+    stage-by-stage profile gives the model's own logits (checked inside speed.py)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import speed
+
+    sets = ["data.image_size=64", "model.encoder.backbone=resnet18", "model.head_scales=[1,2]"]
+    sets += ["model.score_bank_size=8", "model.decoder_channels=[8,8,8]"]
+    args = ["--engines", "torch", "--batches", "1", "--repeats", "1", "--warmup", "0", "--results", str(tmp_path)]
+    data = speed.main(args + [item for s in sets for item in ("--set", s)])
+    assert set(data["profile_torch_b1_ms"]) == set(speed.PARTS) and data["profile_torch_b1_ms"]["score banks"] > 0
+    assert "model.head_scales=[1,2]" in data["model"] and (tmp_path / "speed.md").is_file()
