@@ -73,9 +73,15 @@ def _prf(at: dict | None, level: str) -> str:
 
 
 def _markdown(data: dict) -> str:
-    lines = ["# Score banks added to trained runs", "", f"Command: `{data['command']}`", ""]
-    lines += [f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (the spec's)"]
-    lines += ["and after (`model.score_bank_size`), on the test split minus the seed's seen anomalies.", ""]
+    commands = dict.fromkeys(r.get("command", data["command"]) for r in data["runs"].values())
+    lines = ["# Score banks added to trained runs", "", "Commands:", "", *(f"- `{c}`" for c in commands), ""]
+    lines += [
+        f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (the decoder's map and top-K score,"
+    ]
+    lines += [
+        "as the spec) and after (`model.score_bank_size`), on the test split minus the seed's seen anomalies.",
+        "",
+    ]
     lines += ["| run | category | seed | train min | model | image AUROC | pixel AUROC | PRO | pixel AP |"]
     lines[-1] += " image P / R / F1 | pixel P / R / F1 | ms/image |"
     lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -143,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             "category": Path(trained.config.data.root).name,
             "seed": trained.config.train.seed,
             "train_minutes": round(trained.info.get("train_seconds", float("nan")) / 60, 1),
+            "command": data["command"],
             "size": args.size,
             "before": before,
             "after": after,
