@@ -126,10 +126,11 @@ class ModelConfig:
     # PatchCore), ``patch_bank_size`` vectors per scale chosen by greedy coreset; prototype_ratio is unused
     prototype_match: Literal["map", "location", "patch"] = "map"
     patch_bank_size: int = 1024  # [C] memory-bank vectors per scale for prototype_match "patch"
-    # [C] a deviation from the spec's image score: with a size M > 0, a memory bank of M locally averaged
-    # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset), and the image score is the
-    # sum of three z-scores, standardised on the held-out normal images: the top-K map score and, per bank,
-    # the largest nearest-neighbour distance in the image. 0: the spec's top-K score alone.
+    # [C] a deviation from the spec's score and map: with a size M > 0, a memory bank of M locally averaged
+    # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset). The image score is the sum
+    # of z-scores, standardised on the held-out normal images, of the top-K map score and, per bank, the
+    # largest nearest-neighbour distance in the image; the map adds the standardised distance maps to the
+    # decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score alone.
     score_bank_size: int = 0
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from prnad.model.prn import SCORE_SCALES
 from prnad.model.prototypes import coreset, kmeans, local_average, prototype_count
 
 
-def _to_batch(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
+def to_batch(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """(b, S, S, 3) uint8 -> (b, 3, S, S) float RGB in [0, 1] on ``device``."""
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(255)
 
@@ -39,7 +39,7 @@ def encode_normals(
     scales: list[torch.Tensor] = []
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        maps = encoder(_to_batch(normals[start:stop], device))[:3]  # 3 x (b, C_i, H_i, W_i)
+        maps = encoder(to_batch(normals[start:stop], device))[:3]  # 3 x (b, C_i, H_i, W_i)
         if not scales:
             scales = [torch.empty(n, *f.shape[1:], dtype=torch.float32) for f in maps]
         for out, f in zip(scales, maps, strict=True):

@@ -178,10 +178,15 @@ class PRN(nn.Module):
         """
         stats = self.map_stats.to(logits.dtype)  # (2, 1 + n_banks)
         z = torch.zeros_like(logits)
-        for i, m in enumerate(maps):
-            up = F.interpolate(m.to(logits.dtype), size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        for i, up in enumerate(self.upsampled(maps, logits)):
             z = z + (up - stats[0, i + 1]) / stats[1, i + 1]
         return logits + stats[1, 0] * z
+
+    @staticmethod
+    def upsampled(maps: list[torch.Tensor], logits: torch.Tensor) -> list[torch.Tensor]:
+        """The distance ``maps`` bilinearly resized to the size of ``logits`` (B, 1, S, S), in its dtype."""
+        size = logits.shape[-2:]
+        return [F.interpolate(m.to(logits.dtype), size=size, mode="bilinear", align_corners=False) for m in maps]
 
     def combined_score(self, topk: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
         """Sum of the z-scores of the top-K score (B,) and the distances (B, n_banks), standardised by

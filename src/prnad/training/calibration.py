@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from prnad.config import RunConfig
 from prnad.errors import DataError
+from prnad.fitting import to_batch
 from prnad.model import PRN
 from prnad.model.prn import fused_for_inference, topk_score
 from prnad.thresholds import (
@@ -76,8 +76,7 @@ def batched_outputs(
     """Scores (M,) float64 and logits (M, S, S) float32 of an eval-mode ``model`` on (M, S, S, 3) uint8."""
     scores, logits = [], []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).to(device)  # (b, S, S, 3) uint8
-        out = model(batch.permute(0, 3, 1, 2).float().div_(255))
+        out = model(to_batch(images[start : start + batch_size], device))  # (b, 3, S, S) in [0, 1]
         scores.append(out.score.double().cpu().numpy())
         logits.append(out.logits[:, 0].float().cpu().numpy())
     return np.concatenate(scores), np.concatenate(logits)
@@ -101,12 +100,10 @@ def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> 
     infer = fused_for_inference(model).to(device)
     image_parts, pixel_parts = [], []
     for start in range(0, len(normals), 16):
-        batch = torch.from_numpy(normals[start : start + 16]).to(device).permute(0, 3, 1, 2).float().div_(255)
-        logits, maps = infer.decode(batch)  # (b, 1, S, S), n_banks x (b, 1, H_i, W_i)
+        logits, maps = infer.decode(to_batch(normals[start : start + 16], device))  # (b, 1, S, S), n_banks maps
         topk = topk_score(logits, model.topk, smoothing=model.score_smoothing)  # (b,) float64
         image_parts.append(torch.cat([topk[:, None], infer.largest_distances(maps).double()], dim=1).cpu())
-        size = logits.shape[-2:]
-        ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        ups = infer.upsampled(maps, logits)  # n_banks x (b, 1, S, S), as the fused map takes them
         pixel_parts.append(torch.cat([logits, *ups], dim=1).permute(0, 2, 3, 1).flatten(0, 2).double().cpu())
     image_stats = _mean_std(torch.cat(image_parts))  # (2, 1 + n_banks) over N images
     map_stats = _mean_std(torch.cat(pixel_parts))  # (2, 1 + n_banks) over N*S*S pixels

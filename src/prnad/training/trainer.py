@@ -236,7 +236,7 @@ def fit_score_and_thresholds(
 ) -> None:
     """After training: with ``model.score_bank_size`` > 0, the score banks (from the trained normals) and their
     standardisation (on the held-out normals); then the thresholds. Neither touches the trained weights (the
-    banks only enter the image score), so this also serves a trained model. Records both in ``info``."""
+    banks only enter the score and the reported map, never the loss), so this also serves a trained model. Records both in ``info``."""
     if config.model.score_bank_size > 0:
         banks = compute_score_banks(
             model.encoder, pool.normals, size=config.model.score_bank_size, seed=config.train.seed, device=device
