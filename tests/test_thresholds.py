@@ -22,7 +22,7 @@ from prnad.thresholds import (
     precision_recall_f1,
 )
 from prnad.training import trainer
-from prnad.training.calibration import calibration_set, holdout_indices
+from prnad.training.calibration import calibration_set, holdout_indices, pixel_threshold
 from tests.conftest import tiny_overrides
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -145,6 +145,30 @@ def test_training_stores_thresholds_from_held_out_normals(detector: prnad.Detect
     scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
     labels = np.array([0, 0] + [1] * 8)
     assert fitted["image"] == pytest.approx(balanced_threshold(scores, labels)[0])
+
+
+def test_pixel_threshold_flags_at_most_the_rate_of_held_out_normal_pixels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 10, 10))  # 2 normals (200 pixels), then 3 anomalies
+    labels = np.array([0, 0, 1, 1, 1])
+    masks = np.zeros((5, 10, 10), dtype=bool)
+    masks[2:, :3] = True
+    logits[2:, :3] += 10.0  # anomalous pixels far above every normal one
+    normal = np.sort(logits[:2].ravel())[::-1]
+    t, method = pixel_threshold(logits, masks, labels, 0.02)  # 4 of 200 normal pixels may be flagged
+    assert t == normal[4] and np.count_nonzero(logits[:2] > t) == 4 and "0.02" in method
+    assert pixel_threshold(logits, masks, labels, 0.0)[0] == normal[0]  # none flagged: the largest
+    t_f1, method = pixel_threshold(logits, masks, labels, None)
+    assert t_f1 == f1_optimal_threshold(logits, masks)[0] and "f1" in method
+
+
+def test_default_pixel_threshold_flags_no_held_out_normal_pixel(detector: prnad.Detector, tiny_category: Path):
+    """2 held-out normals of 64x64 px: a rate of 1e-5 allows floor(0.08) = 0 flagged pixels, so the threshold
+    is their largest map value (through sigmoid; float32 maps)."""
+    held = [tiny_category / rel for rel in detector.info["calibration_normals"]]
+    largest = max(float(p.anomaly_map.max()) for p in detector.predict(held))
+    assert detector.pixel_threshold == pytest.approx(largest, abs=1e-6)
+    assert "1e-05" in detector.info["thresholds"]["pixel_method"]
 
 
 def test_calibration_set_is_the_held_out_normals_then_simulated_anomalies(tiny_category: Path):

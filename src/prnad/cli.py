@@ -50,6 +50,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         help="image threshold flags at most this share of held-out normals (default: F1-optimal threshold)",
     )
+    p.add_argument(
+        "--pixel-false-alarm-rate",
+        type=float,
+        help="pixel threshold flags at most this share of held-out normal pixels (default 1e-05)",
+    )
     _add_model_flags(p)
 
 
@@ -146,6 +151,7 @@ FLAG_KEYS = {
     "device": "train.device",
     "holdout_fraction": "threshold.holdout_fraction",
     "max_false_alarm_rate": "threshold.max_false_alarm_rate",
+    "pixel_false_alarm_rate": "threshold.pixel_false_alarm_rate",
 }
 
 

@@ -118,14 +118,30 @@ def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> 
     }
 
 
+def pixel_threshold(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, rate: float | None) -> tuple[float, str]:
+    """The pixel threshold on the logits (M, S, S) of the calibration set, and how it was chosen.
+
+    ``rate`` set: the lowest logit at which at most ``rate`` of the held-out normals' pixels (images with
+    label 0) lie above it (:func:`false_alarm_threshold`). None: the F1-optimal logit over every pixel
+    of the set against ``masks`` (M, S, S) bool.
+    """
+    if rate is None:
+        return f1_optimal_threshold(logits, masks)[
+            0
+        ], "f1-optimal over the pixels of held-out normals and simulated anomalies"
+    normal_pixels = logits[labels == 0].ravel()  # N*S*S
+    return false_alarm_threshold(normal_pixels, rate), f"at most {rate:g} of the held-out normals' pixels flagged"
+
+
 def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: torch.device) -> dict[str, Any]:
     """Thresholds for ``model`` (a training-mode PRN: an inference copy is made) from the held-out normals
     in ``pool.normals`` and anomalies made from them.
 
     Returns what the checkpoint stores: ``image`` (on the image score, by ``threshold.image_criterion`` or
-    ``max_false_alarm_rate``) and ``pixel`` (F1-optimal, on the map, in
-    [0, 1]), each applied as ``value > threshold``, the method, the calibration scores (so that a
-    false-alarm rate can be set later without data) and the F1 reached on the calibration set.
+    ``max_false_alarm_rate``) and ``pixel`` (on the map, in [0, 1]: :func:`pixel_threshold` with
+    ``threshold.pixel_false_alarm_rate``), each applied as ``value > threshold``, the methods, the
+    calibration scores (so that a false-alarm rate can be set later without data) and the F1 each
+    threshold reaches on the calibration set.
     """
     images, masks, labels = calibration_set(pool, config)
     scores, logits = batched_outputs(fused_for_inference(model).to(device), images, device)
@@ -141,13 +157,15 @@ def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: to
         image_t = false_alarm_threshold(normal_scores, rate)
         method = f"at most {rate:g} of the held-out normals flagged"
     image_f1 = precision_recall_f1(decision_counts(scores, labels, image_t))["f1"]
-    pixel_logit, pixel_f1 = f1_optimal_threshold(logits, masks)
+    pixel_logit, pixel_method = pixel_threshold(logits, masks, labels, config.threshold.pixel_false_alarm_rate)
+    pixel_f1 = precision_recall_f1(decision_counts(logits, masks, pixel_logit))["f1"]
     return {
         "image": image_t,
         "pixel": float(1.0 / (1.0 + np.exp(-pixel_logit))),
         "image_method": method,
-        "pixel_method": "f1-optimal over the pixels of held-out normals and simulated anomalies",
+        "pixel_method": pixel_method,
         "max_false_alarm_rate": rate,
+        "pixel_false_alarm_rate": config.threshold.pixel_false_alarm_rate,
         "calibration_f1": {"image": image_f1, "pixel": pixel_f1},
         "calibration_anomalies": int(labels.sum()),
         "normal_scores": [float(s) for s in normal_scores],
