@@ -8,6 +8,8 @@ machine and date) are merged into ``<results>/<name>.json`` under a file lock, s
 processes, and ``<name>.md`` is rewritten from it. It goes through the Python API (prnad.train, Detector.evaluate).
 Besides the reported metrics (pixel metrics on the logits, score in float64), it records the metrics as the
 float32 sigmoid maps give them, ties at 1.0 included, to measure what the tie-free evaluation changes.
+With ``--existing`` it trains nothing and evaluates the finished run in each seed's folder (e.g. one that
+``score_bank.py`` gave score banks after training); its train minutes are then the run's own record.
 Nothing here is a target: it prints what it measured.
 """
 
@@ -57,6 +59,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
     p.add_argument("--resume", action="store_true", help="resume a seed whose run folder holds a checkpoint")
+    p.add_argument(
+        "--existing",
+        action="store_true",
+        help="evaluate the finished run in each seed's folder instead of training (e.g. banks added by "
+        "score_bank.py); train min then comes from the run's own record",
+    )
     args = p.parse_args(argv)
     args.name = args.name or Path(args.data).name
     args.runs = args.runs or str(REPO / "runs" / f"bench_{args.name}")
@@ -85,11 +93,17 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return dotted_overrides(args.set, values)
 
 
-def saturated_metrics(maps_dir: Path, root: Path, image_size: int, topk: int) -> dict[str, float | None]:
-    """The metrics as the float32 sigmoid maps give them (ties at 1.0 included): score = top-K mean of the map."""
+def saturated_metrics(
+    maps_dir: Path, root: Path, image_size: int, topk: int, *, banks: bool = False
+) -> dict[str, float | None]:
+    """The metrics as the float32 sigmoid maps give them (ties at 1.0 included): score = top-K mean of the map,
+    or, with score ``banks`` (a score that is not a function of the map), the score as evaluated."""
     rows = list(csv.DictReader((maps_dir / "scores.csv").open()))
     maps = np.stack([np.load(maps_dir / Path(r["path"]).with_suffix(".npy")) for r in rows])  # (N, S, S) float32
-    scores = np.sort(maps.reshape(len(rows), -1), axis=1)[:, -topk:].mean(axis=1, dtype=np.float32)
+    if banks:
+        scores = np.array([float(r["score"]) for r in rows])
+    else:
+        scores = np.sort(maps.reshape(len(rows), -1), axis=1)[:, -topk:].mean(axis=1, dtype=np.float32)
     labels = np.array([int(r["label"]) for r in rows])
     by_path = {s.path.relative_to(root / "test").as_posix(): s for s in scan_category(root).test}
     _, masks = load_samples([by_path[r["path"]] for r in rows], image_size)
@@ -101,10 +115,23 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     out = Path(args.runs) / f"seed{seed}"
     resume = args.resume and (out / "checkpoint.safetensors").is_file()
     started = time.perf_counter()
-    detector = prnad.train(
-        args.data, out, config=args.config, seed=seed, overrides=overrides(args), resume=resume, overwrite=not resume
-    )
-    train_s = time.perf_counter() - started
+    if args.existing:
+        detector = prnad.load(out, device="cpu")
+        if detector.config.train.seed != seed:
+            raise SystemExit(f"{out}: holds a run of seed {detector.config.train.seed}, not {seed}")
+        recorded = detector.info
+        train_s = recorded["train_seconds"] + recorded.get("score_bank_seconds", 0.0)
+    else:
+        detector = prnad.train(
+            args.data,
+            out,
+            config=args.config,
+            seed=seed,
+            overrides=overrides(args),
+            resume=resume,
+            overwrite=not resume,
+        )
+        train_s = time.perf_counter() - started
     result = detector.evaluate(save_maps=out / "maps")
     info = result["train_info"]
     config = result["config"]
@@ -119,9 +146,16 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "normals_held_out": len(info.get("calibration_normals", [])),
         "thresholds": {k: v for k, v in (info.get("thresholds") or {}).items() if not k.endswith("_scores")},
         "metrics_float32_sigmoid": saturated_metrics(
-            out / "maps", Path(args.data), config["data"]["image_size"], config["model"]["topk"]
+            out / "maps",
+            Path(args.data),
+            config["data"]["image_size"],
+            config["model"]["topk"],
+            banks=config["model"]["score_bank_size"] > 0,
         ),
         "train_minutes": round(train_s / 60, 2),
+        "train_minutes_from": "the run's record (training + score banks)" if args.existing else "wall clock of train",
+        "run_folder": str(out),
+        "score_bank_added_after_training": bool(info.get("score_bank_added_after_training")),
         "iterations": iterations,
         "iterations_timed": iterations - (resumed_from or 0),  # train_minutes covers these steps only
         "resumed_from_iteration": resumed_from,
@@ -232,6 +266,13 @@ def write_markdown(path: Path, data: dict) -> None:
         "recomputes the metrics from the saved float32 sigmoid maps, ties at 1.0 included, as evaluations before 0.2 did.",
         "ms/image: batch 1, warm-up excluded, prototype matching included. 'steps timed': train min covers these steps.",
     ]
+    added = [str(r["seed"]) for r in data["runs"].values() if r.get("score_bank_added_after_training")]
+    if added:
+        lines += [
+            f"Seeds {', '.join(added)}: score banks added after training by benchmarks/score_bank.py (the banks never",
+            "enter the loss, so this equals training with them; tests/test_score_bank.py checks it); train min is the",
+            "run's record of its training plus the banks' fitting.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 

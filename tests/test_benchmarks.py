@@ -77,3 +77,26 @@ def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatc
     data = speed.main(args + [item for s in sets for item in ("--set", s)])
     assert set(data["profile_torch_b1_ms"]) == set(speed.PARTS) and data["profile_torch_b1_ms"]["score banks"] > 0
     assert "model.head_scales=[1,2]" in data["model"] and (tmp_path / "speed.md").is_file()
+
+
+def test_existing_runs_are_evaluated_not_trained(tiny_category: Path, tmp_path: Path, monkeypatch):
+    """bottle.py --existing evaluates each seed's finished run (here one with score banks) through the API:
+    the same metrics as Detector.evaluate, train minutes from the run's record, and the float32 column takes
+    the banks' score as evaluated (it is not a top-K mean of the map)."""
+    import prnad
+    from tests.conftest import tiny_overrides
+
+    values = tiny_overrides(tiny_category)
+    values["model"]["score_bank_size"] = 16
+    values["threshold"] = {"holdout_fraction": 0.2, "calibration_anomalies": 4}
+    run = prnad.train(tiny_category, tmp_path / "runs" / "seed0", overrides=values)
+    monkeypatch.setattr(prnad, "train", None)  # training would fail loudly
+    bench = _bench_module()
+    args = ["--seeds", "0", "--data", str(tiny_category), "--name", "tiny", "--existing"]
+    bench.main([*args, "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+    data = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    recorded = data["runs"]["0"]
+    assert recorded["metrics"] == run.evaluate()["metrics"]
+    assert recorded["train_minutes"] == round((run.info["train_seconds"] + run.info["score_bank_seconds"]) / 60, 2)
+    assert recorded["metrics_float32_sigmoid"]["image_auroc"] == recorded["metrics"]["image_auroc"]
+    assert "score banks added after training" not in (tmp_path / "results" / "tiny.md").read_text()

@@ -236,13 +236,16 @@ def fit_score_and_thresholds(
 ) -> None:
     """After training: with ``model.score_bank_size`` > 0, the score banks (from the trained normals) and their
     standardisation (on the held-out normals); then the thresholds. Neither touches the trained weights (the
-    banks only enter the score and the reported map, never the loss), so this also serves a trained model. Records both in ``info``."""
+    banks only enter the score and the reported map, never the loss), so this also serves a trained model.
+    Records both in ``info``, and the seconds the banks took (``score_bank_seconds``)."""
     if config.model.score_bank_size > 0:
+        started = time.perf_counter()
         banks = compute_score_banks(
             model.encoder, pool.normals, size=config.model.score_bank_size, seed=config.train.seed, device=device
         )
         model.set_score_banks([b.to(device) for b in banks])
         info["score_stats"] = standardise_score(model, calibration.normals, device)
+        info["score_bank_seconds"] = round(time.perf_counter() - started, 1)
     if calibration is not None:
         info["thresholds"] = fit_thresholds(model, calibration, config, device)
 
