@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="score_bank")
     p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
+    p.add_argument(
+        "--keep-before",
+        action="store_true",
+        help="reuse a run's figures without banks from the JSON when it holds them (the run is unchanged)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     path = args.results / f"{args.name}.json"
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         out = run.with_name(f"{run.name}_bank{args.size}")
         with_score_banks(run, args.size, out)
-        before = _figures(prnad.load(run, device="cpu").evaluate())
+        kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
+        before = kept or _figures(prnad.load(run, device="cpu").evaluate())
         after = _figures(prnad.load(out, device="cpu").evaluate())
         trained = prnad.load(run, device="cpu")
         data["runs"][str(run)] = {

@@ -60,7 +60,7 @@ def test_anomaly_map_is_float32_at_the_input_size(detector: prnad.Detector):
         assert result.anomaly_map.shape == shape[:2]
         assert result.anomaly_map.dtype == np.float32
         assert result.anomaly_map.min() >= 0.0 and result.anomaly_map.max() <= 1.0
-        assert 0.0 <= result.score <= 1.0
+        assert np.isfinite(result.score)  # with the default score banks, a sum of z-scores (any real number)
 
 
 def test_batched_predictions_equal_one_at_a_time(detector: prnad.Detector, tiny_category: Path):
@@ -70,7 +70,7 @@ def test_batched_predictions_equal_one_at_a_time(detector: prnad.Detector, tiny_
     for path, result in zip(paths, batched, strict=True):
         single = detector.predict(path)
         assert result.source == str(path)
-        assert result.score == pytest.approx(single.score, abs=1e-5)
+        assert result.score == pytest.approx(single.score, abs=1e-4)  # z-scores: float32 noise over their spread
 
 
 def test_an_iterator_is_consumed_lazily(detector: prnad.Detector, tiny_category: Path):

@@ -163,7 +163,12 @@ def test_score_with_k_larger_than_the_map_averages_every_pixel():
 
 def test_prn_returns_a_float64_score_from_its_logits_and_a_float32_map():
     torch.manual_seed(0)
-    config = ModelConfig(encoder=EncoderConfig(backbone="resnet18", weights="random"), decoder_channels=(16, 16, 8))
+    config = ModelConfig(
+        encoder=EncoderConfig(backbone="resnet18", weights="random"),
+        decoder_channels=(16, 16, 8),
+        prototype_match="map",
+        score_bank_size=0,
+    )
     encoder = build_encoder(config.encoder)
     protos = [
         torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels[:3], encoder.reductions, strict=False)

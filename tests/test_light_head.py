@@ -17,7 +17,8 @@ from tests.conftest import tiny_overrides
 
 def _model(**model_kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(encoder=EncoderConfig(backbone="resnet18", weights="random"), **model_kw)
+    spec = {"prototype_match": "map", "score_bank_size": 0}  # whole-map prototypes (defaults: patch, banks)
+    config = ModelConfig(encoder=EncoderConfig(backbone="resnet18", weights="random"), **{**spec, **model_kw})
     encoder = build_encoder(config.encoder)
     protos = [
         torch.randn(3, encoder.channels[i], 64 // encoder.reductions[i], 64 // encoder.reductions[i])

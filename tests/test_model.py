@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from prnad.config import EncoderConfig, LossConfig, ModelConfig, RunConfig, from_dict, to_dict
 from prnad.encoders import ENCODERS
@@ -28,8 +29,9 @@ def _maps(batch: int, channels: tuple[int, ...], side: int = 16) -> list[torch.T
 
 def _model(backbone: str = "resnet18", size: int = 64, **model_kw) -> torch.nn.Module:
     torch.manual_seed(0)
+    spec = {"prototype_match": "map", "score_bank_size": 0}  # whole-map prototypes as the spec (defaults: patch, banks)
     config = ModelConfig(
-        encoder=EncoderConfig(backbone=backbone, weights="random"), decoder_channels=(16, 16, 8), **model_kw
+        encoder=EncoderConfig(backbone=backbone, weights="random"), decoder_channels=(16, 16, 8), **{**spec, **model_kw}
     )
     encoder = build_encoder(config.encoder)
     protos = [
@@ -213,7 +215,8 @@ def test_old_checkpoint_config_with_explicit_tf_settings_still_loads(tmp_path):
     from prnad.checkpoint import load_checkpoint, save_checkpoint
 
     old = {"backbone": "mobilenet_v2", "weights": "random", "input_norm": "tf", "tf_same_padding": True}
-    config = from_dict(RunConfig, {"model": {"encoder": old, "decoder_channels": [16, 16, 8]}})
+    spec = {"prototype_match": "map", "score_bank_size": 0}  # the defaults of then
+    config = from_dict(RunConfig, {"model": {"encoder": old, "decoder_channels": [16, 16, 8], **spec}})
     encoder = build_encoder(config.model.encoder)
     shapes = zip(encoder.channels[:3], encoder.reductions[:3], strict=True)
     prototypes = [torch.randn(2, c, 64 // r, 64 // r) for c, r in shapes]
@@ -225,6 +228,41 @@ def test_old_checkpoint_config_with_explicit_tf_settings_still_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.model.eval()(x).logits, model(x).logits)
     assert _has_tf_padding(loaded.model.encoder)
+
+
+def test_a_checkpoint_from_before_patch_matching_and_score_banks_loads_as_it_was_made(tmp_path):
+    """Its stored config has neither model.prototype_match nor model.score_bank_size: it was made with the
+    whole-map prototypes and no banks (the defaults of then), not with today's defaults."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from prnad.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _model()  # map, no banks
+    config = from_dict(
+        RunConfig,
+        {
+            "model": {
+                "encoder": {"backbone": "resnet18", "weights": "random"},
+                "decoder_channels": [16, 16, 8],
+                "prototype_match": "map",
+                "score_bank_size": 0,
+            }
+        },
+    )
+    path = save_checkpoint(tmp_path / "new.safetensors", model=model.eval(), config=config, iteration=1)
+    with safe_open(path, "pt") as f:
+        header = f.metadata()
+    stored = json.loads(header["config"])
+    del stored["model"]["prototype_match"], stored["model"]["score_bank_size"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(path), old, metadata={**header, "config": json.dumps(stored)})
+    loaded = load_checkpoint(old)
+    assert loaded.config.model.prototype_match == "map" and loaded.config.model.score_bank_size == 0
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x).logits, model(x).logits)
 
 
 # ------------------------------------------------------------------------------------------------ prototypes
@@ -384,7 +422,10 @@ def _frozen_state(model) -> dict[str, torch.Tensor]:
 def test_training_step_leaves_encoder_weights_and_bn_buffers_unchanged(fold):
     torch.manual_seed(0)
     config = ModelConfig(
-        encoder=EncoderConfig(backbone="resnet18", weights="random", fold_batchnorm=fold), decoder_channels=(16, 16, 8)
+        encoder=EncoderConfig(backbone="resnet18", weights="random", fold_batchnorm=fold),
+        decoder_channels=(16, 16, 8),
+        prototype_match="map",
+        score_bank_size=0,
     )
     encoder = build_encoder(config.encoder)
     protos = [

@@ -61,7 +61,10 @@ def test_score_banks_are_coreset_vectors_of_the_averaged_maps_and_seeded():
 def _banked_model() -> torch.nn.Module:
     torch.manual_seed(0)
     config = ModelConfig(
-        encoder=EncoderConfig(backbone="resnet18", weights="random"), decoder_channels=(16, 16, 8), score_bank_size=30
+        encoder=EncoderConfig(backbone="resnet18", weights="random"),
+        decoder_channels=(16, 16, 8),
+        score_bank_size=30,
+        prototype_match="map",
     )
     encoder = build_encoder(config.encoder)
     protos = [torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels, encoder.reductions, strict=False)]

@@ -116,9 +116,9 @@ def test_holdout_indices():
     held = holdout_indices(209, 0.1, 0)
     assert len(held) == 21 and len(set(held)) == 21 and list(held) == sorted(held)
     assert list(holdout_indices(209, 0.1, 0)) == list(held) and list(holdout_indices(209, 0.1, 1)) != list(held)
-    assert len(holdout_indices(10, 0.0, 0)) == 0 and len(holdout_indices(3, 0.01, 0)) == 1
+    assert len(holdout_indices(10, 0.0, 0)) == 0 and len(holdout_indices(3, 0.01, 0)) == 2  # at least 2
     with pytest.raises(ValueError, match="leaves none"):
-        holdout_indices(1, 0.5, 0)
+        holdout_indices(2, 0.01, 0)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -268,7 +268,11 @@ def test_evaluate_reports_decisions_at_the_thresholds(detector: prnad.Detector):
 
 
 def test_a_run_without_held_out_normals_has_no_decisions(tiny_category: Path, tmp_path: Path):
-    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, holdout_fraction=0.0))
+    values = _overrides(tiny_category, holdout_fraction=0.0)
+    with pytest.raises(ConfigError, match="model.score_bank_size 0"):  # the default score banks need held-out normals
+        prnad.train(tiny_category, tmp_path / "refused", overrides=values)
+    values["model"]["score_bank_size"] = 0
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=values)
     assert run.image_threshold is None and "thresholds" not in run.info
     p = run.predict(tiny_category / "test" / "good" / "000.png")
     assert p.is_anomalous is None and p.mask is None

@@ -113,7 +113,7 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "torch", precis
     >>> _ = prnad.train(root, tmp / "run", overrides=fast)
     >>> detector = prnad.load(tmp / "run", device="cpu")
     >>> result = detector.predict(root / "test" / "good" / "000.png")
-    >>> result.anomaly_map.shape, result.anomaly_map.dtype.name, 0.0 <= result.score <= 1.0
+    >>> result.anomaly_map.shape, result.anomaly_map.dtype.name, result.is_anomalous in (True, False)
     ((64, 64), 'float32', True)
     >>> image = np.zeros((30, 50, 3), dtype=np.uint8)
     >>> [r.anomaly_map.shape for r in detector.predict([image, image])]

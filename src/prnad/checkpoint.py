@@ -139,12 +139,24 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     )
 
 
+# Defaults that changed since checkpoints were first written: a stored config without the key was made with
+# the old value, which must win over today's default.
+_OLD_MODEL_DEFAULTS = {"prototype_match": "map", "score_bank_size": 0}
+
+
+def _with_old_defaults(values: object) -> object:
+    """The stored config dict with the old defaults filled in where a key is missing (see _OLD_MODEL_DEFAULTS)."""
+    if isinstance(values, dict) and isinstance(values.get("model", {}), dict):
+        values = {**values, "model": {**_OLD_MODEL_DEFAULTS, **values.get("model", {})}}
+    return values
+
+
 def _header_config(header: dict[str, str], path: Path) -> RunConfig:
     """The run config stored in the header; a missing, unparsable or stale one is an error naming the file."""
     if "config" not in header:
         raise CheckpointError(f"{path}: checkpoint has no config in its header; it cannot be rebuilt")
     try:
-        return from_dict(RunConfig, json.loads(header["config"]))
+        return from_dict(RunConfig, _with_old_defaults(json.loads(header["config"])))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the config in its header is not valid JSON ({exc})") from exc
     except ConfigError as exc:

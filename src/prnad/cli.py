@@ -48,7 +48,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-false-alarm-rate",
         type=float,
-        help="image threshold flags at most this share of held-out normals (default: F1-optimal threshold)",
+        help="image threshold flags at most this share of held-out normals (default: the highest TPR - FPR)",
+    )
+    p.add_argument(
+        "--score-bank-size",
+        type=int,
+        help="normal vectors per score bank (default 4096; 0: the spec's top-K score alone, no held-out images needed)",
     )
     p.add_argument(
         "--pixel-false-alarm-rate",
@@ -152,6 +157,7 @@ FLAG_KEYS = {
     "holdout_fraction": "threshold.holdout_fraction",
     "max_false_alarm_rate": "threshold.max_false_alarm_rate",
     "pixel_false_alarm_rate": "threshold.pixel_false_alarm_rate",
+    "score_bank_size": "model.score_bank_size",
 }
 
 

@@ -121,17 +121,19 @@ class ModelConfig:
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
     # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the
-    # K prototypes' vectors there (for parts that rotate or move; a deviation, measured before it is a default)
-    # "patch": per location, the nearest vector of a memory bank of every normal location (position-free, as
-    # PatchCore), ``patch_bank_size`` vectors per scale chosen by greedy coreset; prototype_ratio is unused
-    prototype_match: Literal["map", "location", "patch"] = "map"
+    # K prototypes' vectors there (for parts that rotate or move); "patch" (the default, a deviation from the
+    # spec measured on bottle and screw, docs/DESIGN.md): per location, the nearest vector of a memory bank of
+    # every normal location (position-free, as PatchCore), ``patch_bank_size`` vectors per scale chosen by
+    # greedy coreset; prototype_ratio is unused
+    prototype_match: Literal["map", "location", "patch"] = "patch"
     patch_bank_size: int = 1024  # [C] memory-bank vectors per scale for prototype_match "patch"
     # [C] a deviation from the spec's score and map: with a size M > 0, a memory bank of M locally averaged
     # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset). The image score is the sum
     # of z-scores, standardised on the held-out normal images, of the top-K map score and, per bank, the
     # largest nearest-neighbour distance in the image; the map adds the standardised distance maps to the
-    # decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score alone.
-    score_bank_size: int = 0
+    # decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score alone. Needs held-out
+    # normal images (threshold.holdout_fraction > 0).
+    score_bank_size: int = 4096
 
     def __post_init__(self) -> None:
         _check(
@@ -322,7 +324,9 @@ class RunConfig:
         _check(
             self.model.score_bank_size == 0 or self.threshold.holdout_fraction > 0,
             "model.score_bank_size",
-            "needs held-out normal images to standardise the score on: set threshold.holdout_fraction > 0",
+            f"score banks ({self.model.score_bank_size}; the default) need held-out normal images to standardise "
+            "the score on: keep threshold.holdout_fraction > 0, or set model.score_bank_size 0 (the spec's top-K "
+            "score alone)",
         )
 
 

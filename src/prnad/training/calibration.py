@@ -33,14 +33,15 @@ _CALIBRATION_STREAM = 2  # third seed word: calibration samples never share a ge
 
 
 def holdout_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of the normal images kept apart: max(1, round(fraction * n)) of ``n``, or none for 0.
+    """Sorted indices of the normal images kept apart: max(2, round(fraction * n)) of ``n``, or none for 0.
 
-    Drawn with ``numpy.random.RandomState(seed)`` (as the seen anomalies); at least one image stays for
-    training, so ``n`` must be >= 2 when ``fraction`` > 0.
+    At least 2, because the score banks standardise on them (a spread needs two) and one normal image says
+    little about false alarms. Drawn with ``numpy.random.RandomState(seed)`` (as the seen anomalies); at
+    least one image stays for training, so ``n`` must be >= 3 when ``fraction`` > 0.
     """
     if fraction <= 0:
         return np.zeros(0, dtype=np.int64)
-    k = max(1, round(fraction * n))
+    k = max(2, round(fraction * n))
     if k >= n:
         raise ValueError(f"holding out {k} of {n} normal images leaves none to train on")
     return np.sort(np.random.RandomState(seed).permutation(n)[:k])
