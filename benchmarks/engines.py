@@ -112,8 +112,8 @@ def write(folder: Path, name: str, data: dict) -> None:
         f"# One run through every engine ({data['date']})",
         "",
         f"Run: `{data['run']}`. Command: `{data['command']}`",
-        f"Thresholds (fitted on held-out normals and simulated anomalies): image {t.get('image', float('nan')):.4f} "
-        f"({t.get('image_method')}), pixel {t.get('pixel', float('nan')):.4f}.",
+        f"Thresholds (fitted without the test set): image {t.get('image', float('nan')):.4f} "
+        f"({t.get('image_method')}), pixel {t.get('pixel', float('nan')):.4f} ({t.get('pixel_method', 'f1-optimal')}).",
         "",
         "| engine | image AUROC | pixel AUROC | PRO | pixel AP | image P / R / F1 | pixel P / R / F1 | ms/image (b1) "
         "| max map diff to torch |",
