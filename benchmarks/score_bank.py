@@ -144,10 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         out = run.with_name(f"{run.name}_bank{args.size}")
         with_score_banks(run, args.size, out)
-        kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
-        before = kept or _figures(prnad.load(run, device="cpu").evaluate())
-        after = _figures(prnad.load(out, device="cpu").evaluate())
         trained = prnad.load(run, device="cpu")
+        kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
+        before = kept or _figures(trained.evaluate())
+        after = _figures(prnad.load(out, device="cpu").evaluate())
         data["runs"][str(run)] = {
             "category": Path(trained.config.data.root).name,
             "seed": trained.config.train.seed,
