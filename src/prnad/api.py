@@ -85,6 +85,7 @@ def train(
     >>> detector = prnad.train(root, tmp / "run", overrides=fast, seed=0)
     >>> detector.image_size
     64
+    >>> import shutil; shutil.rmtree(tmp)
     """
     from prnad.training import train as train_run  # training is imported only by who trains
 
@@ -120,6 +121,7 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "torch", precis
     [(30, 50), (30, 50)]
     >>> sorted(detector.evaluate()["metrics"])
     ['image_auroc', 'pixel_ap', 'pixel_auroc', 'pro']
+    >>> import shutil; shutil.rmtree(tmp)
     """
     return Detector.from_run(run, device=device, engine=engine, precision=precision)
 
