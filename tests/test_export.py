@@ -14,7 +14,7 @@ import torch
 import prnad
 from prnad.cli import main
 from prnad.errors import CheckpointError, ConfigError
-from prnad.export import OUTPUTS, ExportPaths, export_onnx
+from prnad.export import GRAPH_VERSION, OUTPUTS, ExportPaths, export_onnx
 from prnad.model.prn import PRN
 from tests.conftest import tiny_overrides
 
@@ -84,6 +84,20 @@ def test_a_stale_export_is_made_again(run: Path, tmp_path: Path):
     prnad.load(copy, device="cpu", engine="onnxruntime")
     assert paths.onnx.stat().st_mtime_ns != stamp
     assert json.loads(paths.record.read_text())["model_sha256"] == record["model_sha256"]
+
+
+def test_an_export_from_an_older_graph_is_made_again(run: Path, tmp_path: Path):
+    """The cache follows the code too: a prnad that computes another graph does not reuse the file."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    paths = ExportPaths(copy)
+    record = json.loads(paths.record.read_text())
+    assert record["graph_version"] == GRAPH_VERSION
+    paths.record.write_text(json.dumps({k: v for k, v in record.items() if k != "graph_version"}))  # before 2
+    stamp = paths.onnx.stat().st_mtime_ns
+    prnad.load(copy, device="cpu", engine="onnxruntime")
+    assert paths.onnx.stat().st_mtime_ns != stamp
+    assert json.loads(paths.record.read_text())["graph_version"] == GRAPH_VERSION
 
 
 def test_a_corrupt_export_is_a_clear_error(run: Path, tmp_path: Path):

@@ -25,6 +25,24 @@ def test_nearest_patch_is_the_brute_force_nearest_vector():
     torch.testing.assert_close(got.permute(0, 2, 3, 1).reshape(-1, 8), expected)
 
 
+def test_nearest_patch_moves_smoothly_across_a_near_tie():
+    """A query crossing the bisector of two bank vectors: a hard argmin jumps from one to the other (engines
+    whose features differ in the last digits could disagree there); the match blends them, the midpoint at
+    the tie, and is the nearer vector itself once their squared distances differ by 0.1 %."""
+    bank = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 50.0]])[:, :, None, None]  # (3, C=2, 1, 1)
+
+    def match(x: float) -> torch.Tensor:
+        return nearest_patch(torch.tensor([[[[x]], [[3.0]]]]), bank)[0, :, 0, 0]  # query (x, 3): (C,)
+
+    torch.testing.assert_close(match(0.0), torch.tensor([0.0, 0.0]))  # exact tie: the midpoint
+    eps = 1e-6  # squared distances 10 -+ 2 eps: relative gap 4e-7
+    assert (match(eps) - match(-eps)).abs().max() < 0.02  # a hard argmin would move by 2
+    assert match(eps)[0] > 0 > match(-eps)[0]  # still leaning to the nearer one
+    gap = 0.01 * 10 / 4  # relative gap 1e-2 in squared distance: 100 TIE_WIDTHs
+    torch.testing.assert_close(match(gap), torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(match(-gap), torch.tensor([-1.0, 0.0]), atol=1e-6, rtol=0)
+
+
 def test_a_normal_location_anywhere_matches_itself():
     bank = torch.randn(16, 4, 1, 1)
     features = torch.zeros(2, 4, 3, 3)

@@ -32,6 +32,9 @@ from prnad.model.prn import PRNOutput, gaussian_blur
 Format = Literal["onnx", "openvino"]
 ENGINES = ("torch", "onnxruntime", "openvino")
 OPSET = 18
+# What the exported graph computes beyond the weights; a cached export made with another is made again.
+# 2: the patch match blends the two nearest bank vectors at near-ties (continuous across them).
+GRAPH_VERSION = 2
 INPUT, OUTPUTS = "images", ("logits", "anomaly_map", "score")
 
 
@@ -127,21 +130,23 @@ class ExportPaths:
         return self.onnx if fmt == "onnx" else self.openvino
 
     def fresh(self, fmt: Format, model_sha256: str) -> bool:
-        """True when the ``fmt`` export exists and was made from the model file with this SHA-256."""
+        """True when the ``fmt`` export exists and was made from the model file with this SHA-256 by a prnad
+        whose graph is this one's (``GRAPH_VERSION``)."""
         if not (self.target(fmt).is_file() and self.record.is_file()):
             return False
         try:
             record = json.loads(self.record.read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        return record.get("model_sha256") == model_sha256 and fmt in record.get("formats", [])
+        same_graph = record.get("graph_version") == GRAPH_VERSION
+        return same_graph and record.get("model_sha256") == model_sha256 and fmt in record.get("formats", [])
 
     def write_record(self, fmt: Format, model_sha256: str) -> None:
-        record = {"model_sha256": model_sha256, "formats": []}
+        record = {"model_sha256": model_sha256, "graph_version": GRAPH_VERSION, "formats": []}
         if self.record.is_file():
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 old = json.loads(self.record.read_text())
-                if old.get("model_sha256") == model_sha256:
+                if old.get("model_sha256") == model_sha256 and old.get("graph_version") == GRAPH_VERSION:
                     record = old
         record["formats"] = sorted({*record["formats"], fmt, "onnx"})
         record.update(opset=OPSET, inputs={INPUT: "(B, 3, S, S) float32 RGB in [0, 1]"}, outputs=list(OUTPUTS))

@@ -156,12 +156,38 @@ def nearest_patch(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     features (B, C, H, W), bank (M, C, 1, 1) -> (B, C, H, W). Position-free, as PatchCore's memory bank: a part
     at any angle or position finds its normal vectors. One batched matmul (B*H*W, M) and a gather: no loop,
     so it exports with a dynamic batch (a 16 x 64 x 64 batch against 1024 vectors holds 256 MiB of distances).
+    Where the two nearest vectors are a near-tie it returns a blend of them (:func:`_tie_stable_nearest`).
     """
     b, c, h, w = features.shape
     vectors = bank.flatten(1)  # (M, C)
     queries = features.permute(0, 2, 3, 1).reshape(-1, c)  # (B*H*W, C)
-    chosen = vectors[_nearest_rows(queries, vectors)]  # (B*H*W, C)
+    chosen = _tie_stable_nearest(queries, vectors)  # (B*H*W, C)
     return chosen.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+TIE_WIDTH = 1e-4  # relative gap in squared distance over which a near-tie turns into a clean choice
+
+
+def _tie_stable_nearest(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The nearest of ``rows`` (K, D) to each of ``queries`` (Q, D), continuous across near-ties: (Q, D).
+
+    The two nearest rows r1, r2 (by the matmul form, then their direct squared distances d1 <= d2) are
+    blended as w r1 + (1 - w) r2 with w = sigmoid((d2 - d1) / (TIE_WIDTH d1)): r1 itself (w > 0.9999)
+    wherever d2 exceeds d1 by more than 0.1 %, their midpoint at an exact tie. A hard argmin jumps from r1 to
+    r2 as the query crosses the tie, so two engines whose features differ in the last float32 digits could
+    pick different rows (bottle: relative gaps down to 3e-6, map differences of 4e-3); the blend moves
+    smoothly there, and equals the hard choice everywhere else.
+    """
+    if rows.shape[0] == 1:
+        return rows.expand(queries.shape[0], -1)
+    approx = (rows * rows).sum(1)[None, :] - 2 * queries @ rows.T  # (Q, K): ||r||^2 - 2 q.r
+    two = rows[approx.topk(2, dim=1, largest=False).indices]  # (Q, 2, D)
+    sq = (queries[:, None, :] - two).square().sum(-1)  # (Q, 2): direct squared distances, no cancellation
+    near, far = sq.amin(1), sq.amax(1)  # (Q,)
+    w = torch.sigmoid((far - near) / (TIE_WIDTH * near.clamp_min(1e-12)))  # (Q,) weight of the nearer row
+    first_nearer = (sq[:, :1] <= sq[:, 1:]).to(queries.dtype)  # (Q, 1)
+    w0 = first_nearer * w[:, None] + (1 - first_nearer) * (1 - w[:, None])  # (Q, 1): weight of two[:, 0]
+    return w0 * two[:, 0] + (1 - w0) * two[:, 1]  # (Q, D)
 
 
 def local_average(features: torch.Tensor) -> torch.Tensor:
