@@ -100,3 +100,25 @@ def test_existing_runs_are_evaluated_not_trained(tiny_category: Path, tmp_path: 
     assert recorded["train_minutes"] == round((run.info["train_seconds"] + run.info["score_bank_seconds"]) / 60, 2)
     assert recorded["metrics_float32_sigmoid"]["image_auroc"] == recorded["metrics"]["image_auroc"]
     assert "score banks added after training" not in (tmp_path / "results" / "tiny.md").read_text()
+
+
+def test_map_fusion_default_candidate_is_the_models_own_map(tiny_category: Path, tmp_path: Path):
+    """benchmarks/map_fusion.py rebuilds the parts of the fused map; its default candidate must rank pixels as
+    the model's own map does (the same pixel AUROC and AP as Detector.evaluate)."""
+    import prnad
+    from tests.conftest import tiny_overrides
+
+    values = tiny_overrides(tiny_category)
+    values["model"].update(score_bank_size=16, prototype_match="patch")
+    values["threshold"] = {"holdout_fraction": 0.2, "calibration_anomalies": 4}
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=values)
+    spec = importlib.util.spec_from_file_location("map_fusion", REPO / "benchmarks" / "map_fusion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([str(tmp_path / "run"), "--results", str(tmp_path / "results")])
+    figures = json.loads((tmp_path / "results" / "map_fusion.json").read_text())["runs"][str(tmp_path / "run")]
+    metrics = run.evaluate()["metrics"]
+    default = figures["figures"]["L+8+16 (default)"]
+    assert default["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-3)
+    assert default["pixel_ap"] == pytest.approx(metrics["pixel_ap"], abs=1e-3)
+    assert figures["figures"]["L"]["pixel_ap"] != default["pixel_ap"]  # the candidates are different maps
