@@ -117,6 +117,11 @@ def _import(module: str, package: str) -> Any:
         raise ConfigError(f"{module} is not installed: pip install 'prnad[deploy]' (or {package})") from exc
 
 
+def _same_source(record: dict, model_sha256: str) -> bool:
+    """Whether an export ``record`` was made from the model file with this SHA-256 by this graph version."""
+    return record.get("model_sha256") == model_sha256 and record.get("graph_version") == GRAPH_VERSION
+
+
 class ExportPaths:
     """Where a run's exports live: ``<run>/export/model.onnx``, ``<run>/export/openvino/model.xml``."""
 
@@ -138,15 +143,14 @@ class ExportPaths:
             record = json.loads(self.record.read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        same_graph = record.get("graph_version") == GRAPH_VERSION
-        return same_graph and record.get("model_sha256") == model_sha256 and fmt in record.get("formats", [])
+        return _same_source(record, model_sha256) and fmt in record.get("formats", [])
 
     def write_record(self, fmt: Format, model_sha256: str) -> None:
         record = {"model_sha256": model_sha256, "graph_version": GRAPH_VERSION, "formats": []}
         if self.record.is_file():
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 old = json.loads(self.record.read_text())
-                if old.get("model_sha256") == model_sha256 and old.get("graph_version") == GRAPH_VERSION:
+                if _same_source(old, model_sha256):
                     record = old
         record["formats"] = sorted({*record["formats"], fmt, "onnx"})
         record.update(opset=OPSET, inputs={INPUT: "(B, 3, S, S) float32 RGB in [0, 1]"}, outputs=list(OUTPUTS))

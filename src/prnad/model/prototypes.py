@@ -122,7 +122,13 @@ def _nearest_rows(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     ||r||^2 - 2 q.r (||q||^2 is constant in K): a matmul and an argmin, not cdist, so it exports; it is also
     what cdist computes for large D.
     """
-    return ((rows * rows).sum(1)[None, :] - 2 * queries @ rows.T).argmin(1)  # (Q, K) -> (Q,)
+    return _ranking_distances(queries, rows).argmin(1)  # (Q, K) -> (Q,)
+
+
+def _ranking_distances(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """||r||^2 - 2 q.r for ``queries`` (Q, D) and ``rows`` (K, D): (Q, K), the squared L2 distances less the
+    constant ||q||^2, so they rank the rows of each query as the distances do."""
+    return (rows * rows).sum(1)[None, :] - 2 * queries @ rows.T
 
 
 def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -180,13 +186,10 @@ def _tie_stable_nearest(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tens
     """
     if rows.shape[0] == 1:
         return rows.expand(queries.shape[0], -1)
-    approx = (rows * rows).sum(1)[None, :] - 2 * queries @ rows.T  # (Q, K): ||r||^2 - 2 q.r
-    two = rows[approx.topk(2, dim=1, largest=False).indices]  # (Q, 2, D)
+    two = rows[_ranking_distances(queries, rows).topk(2, dim=1, largest=False).indices]  # (Q, 2, D)
     sq = (queries[:, None, :] - two).square().sum(-1)  # (Q, 2): direct squared distances, no cancellation
-    near, far = sq.amin(1), sq.amax(1)  # (Q,)
-    w = torch.sigmoid((far - near) / (TIE_WIDTH * near.clamp_min(1e-12)))  # (Q,) weight of the nearer row
-    first_nearer = (sq[:, :1] <= sq[:, 1:]).to(queries.dtype)  # (Q, 1)
-    w0 = first_nearer * w[:, None] + (1 - first_nearer) * (1 - w[:, None])  # (Q, 1): weight of two[:, 0]
+    # sigmoid((d_1 - d_0) / s) is the nearer row's weight when two[:, 0] is the nearer, and 1 minus it otherwise
+    w0 = torch.sigmoid((sq[:, 1] - sq[:, 0]) / (TIE_WIDTH * sq.amin(1).clamp_min(1e-12)))[:, None]  # (Q, 1)
     return w0 * two[:, 0] + (1 - w0) * two[:, 1]  # (Q, D)
 
 
