@@ -68,6 +68,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--import-baseline", nargs="+", default=[], help="benchmarks/results/<category>.json runs to add as baseline"
     )
+    p.add_argument(
+        "--import-as",
+        default="baseline",
+        choices=sorted(CANDIDATES),
+        help="the candidate the --import-baseline runs were trained as (default: baseline)",
+    )
     return p.parse_args(argv)
 
 
@@ -138,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     for bench in args.import_baseline:
         data = json.loads(Path(bench).read_text())
         for run in data["runs"].values():
-            run = {**run, "candidate": "baseline", "category": data["category"], "ablation_command": run["command"]}
-            record(path, f"{data['category']}/baseline/{run['iterations']}/{run['device']}/seed{run['seed']}", run)
+            name = args.import_as
+            run = {**run, "candidate": name, "category": data["category"], "ablation_command": run["command"]}
+            record(path, f"{data['category']}/{name}/{run['iterations']}/{run['device']}/seed{run['seed']}", run)
     if args.report_only or args.merge or args.import_baseline:
         write_markdown(path.with_suffix(".md"), json.loads(path.read_text()))
         return

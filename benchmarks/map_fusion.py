@@ -4,12 +4,15 @@
 
 The default map (``model.score_bank_size`` > 0) sums the z-scores of the decoder's logits (L) and of the two
 score banks' distance maps at strides 8 and 16 (8, 16), each standardised over the pixels of the run's
-held-out normal images. This script recomputes those parts, and one more, the norm of the stride-4 residual
-to the nearest patch-bank vector (r4, what the head's prototype matching already finds), standardises all of
-them the same way, and reports pixel AUROC and pixel AP of each candidate sum on the test split minus the
-run's seen anomalies. The standardisation uses held-out normals only; the choice among candidates is what the
-test split judges, so a candidate is kept only if it wins on every category and seed. PRO is not computed
-(pixel-level only). Results: ``<results>/<name>.json`` and ``.md``. Nothing here is a target.
+held-out normal images. This script recomputes those parts, and one more, the norm of the residual to the
+nearest patch-bank vector at the head's finest scale (r4: stride 4, or stride 8 for a head without it; what
+the head's prototype matching already finds), standardises all of them the same way, and reports pixel AUROC
+and pixel AP of each candidate sum on the test split minus the run's seen anomalies. Some candidates also
+blur the sum with a Gaussian (sigma in pixels at the model's size, kernel radius 3 sigma, as
+``model.score_smoothing`` does for the score). The standardisation uses held-out normals only; the choice
+among candidates is what the test split judges, so a candidate is kept only if it wins on every category and
+seed. PRO is not computed (pixel-level only). Results: ``<results>/<name>.json`` and ``.md``. Nothing here
+is a target.
 """
 
 from __future__ import annotations
@@ -32,20 +35,23 @@ from prnad.evaluate import held_out_test_set
 from prnad.fitting import to_batch
 from prnad.metrics import auroc, average_precision
 from prnad.model import PRN
-from prnad.model.prn import fused_for_inference
+from prnad.model.prn import fused_for_inference, gaussian_blur
 from prnad.model.prototypes import nearest_patch
 from prnad.runs import RunPaths
 from prnad.utils import device_name
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("L", "8", "16", "r4")
-CANDIDATES = {  # name -> the parts it sums; the first is the default model's map
-    "L+8+16 (default)": ("L", "8", "16"),
-    "L": ("L",),
-    "L+8": ("L", "8"),
-    "L+16": ("L", "16"),
-    "L+8+16+r4": ("L", "8", "16", "r4"),
-    "L+8+r4": ("L", "8", "r4"),
+CANDIDATES = {  # name -> (the parts it sums, Gaussian sigma in px of the sum, 0: none); first: the default
+    "L+8+16 (default)": (("L", "8", "16"), 0.0),
+    "L": (("L",), 0.0),
+    "L+8": (("L", "8"), 0.0),
+    "L+16": (("L", "16"), 0.0),
+    "L+8+16+r4": (("L", "8", "16", "r4"), 0.0),
+    "L+8+r4": (("L", "8", "r4"), 0.0),
+    "L+8+16 blur 2": (("L", "8", "16"), 2.0),
+    "L+8+16 blur 4": (("L", "8", "16"), 4.0),
+    "L+8 blur 4": (("L", "8"), 4.0),
 }
 
 
@@ -80,23 +86,38 @@ def measure(run: Path) -> dict:
     z = (map_parts(ckpt.model, images) - mean[None, :, None, None]) / std[None, :, None, None]  # (M, 4, S, S)
     labels = masks.ravel()
     figures = {}
-    for name, parts in CANDIDATES.items():
-        fused = sum(z[:, PARTS.index(p)] for p in parts).ravel()
+    for name, (parts, sigma) in CANDIDATES.items():
+        fused = sum(z[:, PARTS.index(p)] for p in parts)  # (M, S, S)
+        if sigma > 0:
+            fused = gaussian_blur(torch.from_numpy(fused)[:, None], sigma)[:, 0].numpy()
+        fused = fused.ravel()
         figures[name] = {"pixel_auroc": 100 * auroc(fused, labels), "pixel_ap": 100 * average_precision(fused, labels)}
-    return {"category": ckpt.info["category"], "seed": config.train.seed, "figures": figures}
+    return {
+        "category": ckpt.info["category"],
+        "seed": config.train.seed,
+        "model": model_label(config),
+        "figures": figures,
+    }
+
+
+def model_label(config) -> str:
+    """What sets runs apart beyond their seed: the head's scales, MSA's scales and the training steps."""
+    m = config.model
+    return f"head {list(m.head_scales)}, MSA {list(m.msa_scales)}, {config.train.iterations} steps"
 
 
 def _markdown(data: dict) -> str:
     lines = ["# Which maps the fused map sums (trained runs, no training)", "", f"Command: `{data['command']}`", ""]
     lines += [f"Machine: {data['machine']}, {data['date']}. Pixel AUROC / pixel AP on the test split minus the seen"]
     lines += ["anomalies; parts standardised over the held-out normals' pixels (see the script's docstring).", ""]
-    categories = sorted({r["category"] for r in data["runs"].values()})
-    lines += ["Means over seeds:", "", "| candidate | " + " | ".join(categories) + " |"]
-    lines += ["|---|" + "---|" * len(categories)]
+    groups = sorted({(r["category"], r.get("model", "")) for r in data["runs"].values()})
+    lines += ["Means over seeds, per category and model (head scales, MSA scales, training steps):", ""]
+    lines += ["| candidate | " + " | ".join(f"{c} ({m})" if m else c for c, m in groups) + " |"]
+    lines += ["|---|" + "---|" * len(groups)]
     for name in CANDIDATES:
         cells = []
-        for c in categories:
-            runs = [r for r in data["runs"].values() if r["category"] == c]
+        for c, m in groups:
+            runs = [r for r in data["runs"].values() if (r["category"], r.get("model", "")) == (c, m)]
             auc = statistics.fmean(r["figures"][name]["pixel_auroc"] for r in runs)
             ap = statistics.fmean(r["figures"][name]["pixel_ap"] for r in runs)
             cells.append(f"{auc:.2f} / {ap:.2f} (seeds {', '.join(str(r['seed']) for r in runs)})")

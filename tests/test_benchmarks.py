@@ -65,6 +65,26 @@ def test_report_names_every_seeds_command_and_the_steps_a_time_covers(tmp_path: 
     assert data["summary"]["pixel_auroc"]["mean"] == 98.5
 
 
+def test_ablation_imports_benchmark_runs_as_the_candidate_they_were(tmp_path: Path, monkeypatch):
+    """ablation.py --import-baseline ... --import-as NAME files a category benchmark's seeds under NAME (the
+    default model is a candidate of its own, not the spec's baseline); a name outside the table is refused."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import ablation
+
+    bench = tmp_path / "screw.json"
+    runs = {"0": _run(0, None, "python benchmarks/bottle.py --seeds 0"), "1": _run(1, None, "... --seeds 1")}
+    bench.write_text(json.dumps({"category": "screw", "runs": runs}))
+    out = tmp_path / "results"
+    ablation.main(["--results", str(out), "--import-baseline", str(bench), "--import-as", "patch_bank"])
+    data = json.loads((out / "ablation.json").read_text())
+    assert sorted(data["runs"]) == ["screw/patch_bank/1300/cpu/seed0", "screw/patch_bank/1300/cpu/seed1"]
+    row = "| screw | 1300 | cpu | patch_bank | model.prototype_match=patch, model.score_bank_size=4096 | 0,1 |"
+    assert row in (out / "ablation.md").read_text()
+    assert "| 98.5 |" in (out / "ablation.md").read_text()  # pixel AUROC: the mean of 98.0 and 99.0
+    with pytest.raises(SystemExit):
+        ablation.main(["--results", str(out), "--import-baseline", str(bench), "--import-as", "nonsense"])
+
+
 def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):
     """benchmarks/speed.py on a random-weights model built from --set overrides: every part is timed and the
     stage-by-stage profile gives the model's own logits (checked inside speed.py)."""
