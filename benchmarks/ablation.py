@@ -66,7 +66,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--merge", nargs="+", default=[], help="ablation.json files (e.g. from a GPU) to merge in")
     p.add_argument(
-        "--import-baseline", nargs="+", default=[], help="benchmarks/results/<category>.json runs to add as baseline"
+        "--import-baseline", nargs="+", default=[], help="benchmarks/results/<category>.json runs to add as --import-as"
     )
     p.add_argument(
         "--import-as",
@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     for other in args.merge:
         for key, run in json.loads(Path(other).read_text())["runs"].items():
             record(path, key, run)
+    name = args.import_as
     for bench in args.import_baseline:
         data = json.loads(Path(bench).read_text())
         for run in data["runs"].values():
-            name = args.import_as
             run = {**run, "candidate": name, "category": data["category"], "ablation_command": run["command"]}
             record(path, f"{data['category']}/{name}/{run['iterations']}/{run['device']}/seed{run['seed']}", run)
     if args.report_only or args.merge or args.import_baseline:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from prnad.checkpoint import load_checkpoint
+from prnad.config import RunConfig
 from prnad.data.mvtec import Sample, load_samples
 from prnad.evaluate import held_out_test_set
 from prnad.fitting import to_batch
@@ -100,24 +101,29 @@ def measure(run: Path) -> dict:
     }
 
 
-def model_label(config) -> str:
+def model_label(config: RunConfig) -> str:
     """What sets runs apart beyond their seed: the head's scales, MSA's scales and the training steps."""
     m = config.model
     return f"head {list(m.head_scales)}, MSA {list(m.msa_scales)}, {config.train.iterations} steps"
+
+
+def _group(run: dict) -> tuple[str, str]:
+    """The runs a mean goes over: same category and model (files from before the model label: category only)."""
+    return run["category"], run.get("model", "")
 
 
 def _markdown(data: dict) -> str:
     lines = ["# Which maps the fused map sums (trained runs, no training)", "", f"Command: `{data['command']}`", ""]
     lines += [f"Machine: {data['machine']}, {data['date']}. Pixel AUROC / pixel AP on the test split minus the seen"]
     lines += ["anomalies; parts standardised over the held-out normals' pixels (see the script's docstring).", ""]
-    groups = sorted({(r["category"], r.get("model", "")) for r in data["runs"].values()})
+    groups = sorted({_group(r) for r in data["runs"].values()})
     lines += ["Means over seeds, per category and model (head scales, MSA scales, training steps):", ""]
     lines += ["| candidate | " + " | ".join(f"{c} ({m})" if m else c for c, m in groups) + " |"]
     lines += ["|---|" + "---|" * len(groups)]
     for name in CANDIDATES:
         cells = []
         for c, m in groups:
-            runs = [r for r in data["runs"].values() if (r["category"], r.get("model", "")) == (c, m)]
+            runs = [r for r in data["runs"].values() if _group(r) == (c, m)]
             auc = statistics.fmean(r["figures"][name]["pixel_auroc"] for r in runs)
             ap = statistics.fmean(r["figures"][name]["pixel_ap"] for r in runs)
             cells.append(f"{auc:.2f} / {ap:.2f} (seeds {', '.join(str(r['seed']) for r in runs)})")
