@@ -22,7 +22,15 @@ import bottle  # the per-seed runner, alongside this file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mvtec_ad"
-CANDIDATES: dict[str, dict[str, object]] = {
+# Every candidate starts from the spec's model, whatever the package defaults are now (they moved as candidates
+# won): whole-map prototypes, no score banks, the head on all three scales. CHANGES lists what each one changes.
+SPEC: dict[str, object] = {
+    "model.prototype_match": "map",
+    "model.score_bank_size": 0,
+    "model.head_scales": [0, 1, 2],
+    "model.msa_scales": [0, 1, 2],
+}
+CHANGES: dict[str, dict[str, object]] = {
     "baseline": {},
     "location": {"model.prototype_match": "location"},  # nearest prototype per location, not per map
     "smooth4": {"model.score_smoothing": 4.0},  # top-K of the map blurred by a Gaussian, sigma 4 px
@@ -50,6 +58,7 @@ CANDIDATES: dict[str, dict[str, object]] = {
         "model.msa_scales": [2],
     },
 }
+CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +66,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--categories", nargs="+", default=["screw", "bottle"])
     p.add_argument("--data-root", default=str(DATA), help="folder of the category folders")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--iterations", type=int, help="training steps (default: the config's 1300)")
+    p.add_argument("--iterations", type=int, help="training steps (default: the config's train.iterations)")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applies to every run")
     p.add_argument("--textures", default=str(REPO.parent / "shared/data/dtd/images"))
@@ -108,6 +117,9 @@ def write_markdown(path: Path, data: dict) -> None:
         "# Ablation of candidate changes (issue: beat the one-class baseline on every category)",
         "",
         "Mean over the seeds measured; compare rows only within one category, schedule and device.",
+        "Every candidate starts from the spec's model ("
+        + ", ".join(f"{k}={v}" for k, v in SPEC.items())
+        + "); 'overrides' lists what it changes.",
         "'normals held out': normal training images kept apart to fit the decision thresholds (since 2026-11-27;",
         "earlier runs trained on every normal image).",
         "",
@@ -119,7 +131,7 @@ def write_markdown(path: Path, data: dict) -> None:
         means = [statistics.fmean(r["metrics"][k] for r in runs) for k in bottle.NAMES]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         held = ",".join(sorted({str(r.get("normals_held_out", 0)) for r in runs}))
-        overrides = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(candidate, {}).items()) or "-"
+        overrides = ", ".join(f"{k}={v}" for k, v in CHANGES.get(candidate, {}).items()) or "-"
         lines.append(
             f"| {category} | {steps} | {device} | {candidate} | {overrides} | {seeds} | {held} | "
             + " | ".join(f"{m:.1f}" for m in means)

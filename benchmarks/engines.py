@@ -2,7 +2,7 @@
 
     python benchmarks/engines.py --run runs/bench_bottle_cpu_patch/seed0
 
-For each engine (torch, onnxruntime, openvino): the evaluation protocol's metrics, the decisions at the run's
+For each engine (torch, onnxruntime, openvino in float32 and bf16): the evaluation protocol's metrics, the decisions at the run's
 thresholds, ms per image at batch 1, and the largest difference of its maps to PyTorch's on the held-out test
 images. Then ``predict`` on a copy of the category's test folder (every defect type) with one corrupt file
 added: what it wrote for each image and what it reported. Writes ``benchmarks/results/engines_<name>.json``
@@ -23,6 +23,7 @@ import numpy as np
 
 import prnad
 from prnad.export import ENGINES
+from speed import add_openvino_precisions  # alongside this file
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -31,16 +32,20 @@ def _maps(detector: prnad.Detector, files: list[Path]) -> np.ndarray:
     return np.stack([p.anomaly_map for p in detector.predict(files, batch_size=8)])
 
 
-def engine_rows(run: str, files: list[Path]) -> list[dict]:
+def engine_rows(run: str, files: list[Path], openvino_precisions: tuple[str, ...] = ("fp32",)) -> list[dict]:
+    """Per engine (and OpenVINO precision), the metrics, decisions, speed and the largest map difference to
+    PyTorch's float32 maps."""
     rows, reference = [], None
-    for engine in ENGINES:
-        detector = prnad.load(run, device="cpu", engine=engine)
+    pairs = [(e, "fp32") for e in ENGINES if e != "openvino"] + [("openvino", p) for p in openvino_precisions]
+    for engine, precision in pairs:
+        detector = prnad.load(run, device="cpu", engine=engine, precision=precision)
         result = detector.evaluate()
         maps = _maps(detector, files)
         reference = maps if reference is None else reference
         rows.append(
             {
-                "engine": engine,
+                "engine": engine if precision == "fp32" else f"{engine} {precision}",
+                "precision": precision,
                 "metrics": result["metrics"],
                 "at_threshold": result["at_threshold"],
                 "inference_ms_per_image": result["inference_ms_per_image"],
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run", required=True)
     p.add_argument("--name", default="bottle")
     p.add_argument("--results", default=str(RESULTS))
+    add_openvino_precisions(p)
     args = p.parse_args(argv)
     detector = prnad.load(args.run, device="cpu")
     root = Path(detector.config.data.root)
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/engines.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "thresholds": {k: v for k, v in detector.info.get("thresholds", {}).items() if not k.endswith("_scores")},
-        "engines": engine_rows(args.run, files),
+        "engines": engine_rows(args.run, files, tuple(args.openvino_precisions)),
         "predict": predict_check(args.run, root / "test"),
     }
     print(json.dumps(data["predict"]))

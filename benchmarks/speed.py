@@ -32,6 +32,7 @@ import prnad
 from bottle import dotted_overrides  # alongside this file
 from prnad.config import build_config, load_yaml
 from prnad.export import (
+    ENGINE_PRECISIONS,
     ENGINES,
     OnnxRuntimeEngine,
     OpenVinoEngine,
@@ -73,6 +74,12 @@ def time_ms(fn: Callable, x: torch.Tensor, device: torch.device, *, warmup: int,
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000)
     return times
+
+
+@torch.inference_mode()
+def reduced_map_diff(model: PRN, engine: Callable, x: torch.Tensor) -> float:
+    """Largest difference of a reduced-precision engine's anomaly map on ``x`` to the float32 PyTorch model's."""
+    return float((engine(x).anomaly_map - model.to(x.device)(x).anomaly_map).abs().max())
 
 
 def random_model(config_path: str | None, prototypes: int, sets: list[str] = ()) -> tuple[PRN, int]:
@@ -125,18 +132,20 @@ class _RawOrt(OnnxRuntimeEngine):
 
 
 class _RawOv:
-    def __init__(self, path: Path) -> None:
-        self.request = compile_openvino(path).create_infer_request()
+    def __init__(self, path: Path, precision: str = "fp32") -> None:
+        self.request = compile_openvino(path, precision=precision).create_infer_request()
 
     def __call__(self, images: torch.Tensor):
         return self.request.infer({"images": images.numpy()})
 
 
-def runners(model: PRN, size: int, engines: list[str], folder: Path, skipped: dict) -> dict[str, dict[str, Callable]]:
-    """Per engine, callables for the whole model and for the encoder alone."""
+def runners(
+    model: PRN, size: int, engines: list[str], folder: Path, skipped: dict, ov_precisions: tuple[str, ...] = ("fp32",)
+) -> dict[tuple[str, str], dict[str, Callable]]:
+    """Per (engine, precision), callables for the whole model and for the encoder alone."""
     out: dict[str, dict[str, Callable]] = {}
     if "torch" in engines:
-        out["torch"] = {"whole": model, "encoder": model.encoder}
+        out["torch", "fp32"] = {"whole": model, "encoder": model.encoder}
     wanted = [e for e in engines if e != "torch"]
     if not wanted:
         return out
@@ -149,11 +158,15 @@ def runners(model: PRN, size: int, engines: list[str], folder: Path, skipped: di
     for engine in wanted:
         try:
             if engine == "onnxruntime":
-                out[engine] = {"whole": OnnxRuntimeEngine(whole), "encoder": _RawOrt(encoder)}
+                out[engine, "fp32"] = {"whole": OnnxRuntimeEngine(whole), "encoder": _RawOrt(encoder)}
             else:
                 xml_w = export_openvino(whole, folder / "ov" / "model.xml")
                 xml_e = export_openvino(encoder, folder / "ov" / "encoder.xml")
-                out[engine] = {"whole": OpenVinoEngine(xml_w), "encoder": _RawOv(xml_e)}
+                for precision in ov_precisions:
+                    out[engine, precision] = {
+                        "whole": OpenVinoEngine(xml_w, precision=precision),
+                        "encoder": _RawOv(xml_e, precision),
+                    }
         except Exception as exc:
             skipped[engine] = str(exc)[:200]
     return out
@@ -270,6 +283,17 @@ def gpu_rows(model: PRN, size: int, device: torch.device, args: argparse.Namespa
     return rows
 
 
+def add_openvino_precisions(p: argparse.ArgumentParser) -> None:
+    """The ``--openvino-precisions`` option of the speed and engine benchmarks."""
+    p.add_argument(
+        "--openvino-precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=list(ENGINE_PRECISIONS["openvino"]),
+        help="OpenVINO CPU precisions to run (default fp32 bf16)",
+    )
+
+
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="trained run folder (default: random weights, --config's shapes)")
@@ -287,6 +311,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--name", default="speed", help="results file stem (default speed)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "bf16"], choices=list(PRECISIONS))
+    add_openvino_precisions(p)
     p.add_argument("--throughput-batch", type=int, default=256, help="large batch for GPU throughput")
     return p.parse_args(argv)
 
@@ -308,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     skipped: dict[str, str] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for engine, parts in runners(model.cpu(), size, engines, Path(tmp), skipped).items():
+        found = runners(model.cpu(), size, engines, Path(tmp), skipped, tuple(args.openvino_precisions))
+        for (engine, precision), parts in found.items():
             target = device if engine == "torch" else torch.device("cpu")
             if engine == "torch":
                 parts = {k: v.to(target) for k, v in parts.items()}
@@ -316,8 +342,10 @@ def main(argv: list[str] | None = None) -> dict:
                 x = torch.rand(batch, 3, size, size, device=target)
                 for part, fn in parts.items():
                     ms = statistics.median(time_ms(fn, x, target, warmup=args.warmup, repeats=args.repeats))
-                    row = {"engine": engine, "part": part, "batch": batch, "ms_per_call": round(ms, 3)}
-                    row["ms_per_image"] = round(ms / batch, 3)
+                    row = {"engine": engine, "precision": precision, "part": part, "batch": batch}
+                    row.update(ms_per_call=round(ms, 3), ms_per_image=round(ms / batch, 3))
+                    if precision != "fp32" and part == "whole":
+                        row["max_map_diff_vs_fp32"] = f"{reduced_map_diff(model, fn, x):.2e}"
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     model = model.to(device)

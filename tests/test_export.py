@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,47 @@ def test_bf16_autocast_stays_close_to_float32(run: Path, tiny_category: Path):
         assert b.anomaly_map.dtype == np.float32
     with pytest.raises(ConfigError, match="precision"):
         prnad.load(run, device="cpu", engine="onnxruntime", precision="fp16")
+
+
+def test_openvino_runs_bf16_when_asked_and_refuses_fp16(run: Path, tiny_category: Path):
+    """OpenVINO's bf16 hint (bfloat16 matmuls and convolutions where the CPU has them; float32 elsewhere)
+    keeps the tiny model's maps close to float32's; fp16 is not a precision OpenVINO's CPU engine is offered
+    in. The bf16 model runs in its own process: on this AMD EPYC, a process that had compiled it died of a
+    segmentation fault at a later subprocess call (``test_lint``), which the float32 engines never caused."""
+    files = [str(f) for f in _images(tiny_category)[:3]]
+    script = (
+        "import sys, numpy as np, prnad\n"
+        "run, files = sys.argv[1], sys.argv[2:]\n"
+        "ref = prnad.load(run, device='cpu', engine='openvino')\n"
+        "red = prnad.load(run, device='cpu', engine='openvino', precision='bf16')\n"
+        "assert (ref.runner.name, red.runner.name) == ('openvino', 'openvino bf16')\n"
+        "hint = str(red.runner.compiled.get_property('INFERENCE_PRECISION_HINT'))\n"
+        "assert hint in {\"<Type: 'bfloat16'>\", \"<Type: 'float32'>\"}, hint  # float32: no bfloat16 CPU\n"
+        "diff = max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) "
+        "for a, b in zip(ref.predict(files), red.predict(files)))\n"
+        "print(diff)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(run), *files], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 0.05
+    with pytest.raises(ConfigError, match="precision 'fp16' is not one engine 'openvino' runs"):
+        prnad.load(run, device="cpu", engine="openvino", precision="fp16")
+
+
+def test_engines_benchmark_evaluates_every_engine_and_reports_the_corrupt_file(run: Path, tmp_path: Path, monkeypatch):
+    """benchmarks/engines.py on the tiny run: a row per engine; the float32 engines
+    give PyTorch's metrics to 0.1 point and maps within 1e-3; predict reports the corrupt file it drops in."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import engines
+
+    data = engines.main(["--run", str(run), "--results", str(tmp_path), "--openvino-precisions", "fp32"])
+    rows = {r["engine"]: r for r in data["engines"]}
+    assert list(rows) == ["torch", "onnxruntime", "openvino"]  # bf16: see the test above
+    for name in ("onnxruntime", "openvino"):
+        for key, value in rows[name]["metrics"].items():
+            assert value == pytest.approx(rows["torch"]["metrics"][key], abs=0.1), (name, key)
+        assert rows[name]["max_map_diff_vs_torch"] < 1e-3
+    predicted = data["predict"]
+    assert predicted["scored"] == predicted["inputs"] - 1 == predicted["with_map_mask_overlay"]
+    assert [f["path"].endswith("zz_corrupt.png") for f in predicted["failed"]] == [True]
+    assert (tmp_path / "engines_bottle.md").is_file()

@@ -171,7 +171,8 @@ def test_prn_returns_a_float64_score_from_its_logits_and_a_float32_map():
     )
     encoder = build_encoder(config.encoder)
     protos = [
-        torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels[:3], encoder.reductions, strict=False)
+        torch.randn(2, encoder.channels[i], 64 // encoder.reductions[i], 64 // encoder.reductions[i])
+        for i in config.head_scales
     ]
     model = build_prn(config, prototypes=protos, encoder=encoder).eval()
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""A head without stride 4 (``model.head_scales: [1, 2]``): shapes, what it reads, training, export."""
+"""The default head without stride 4 (``model.head_scales: [1, 2]``): shapes, what it reads, training, export;
+and the spec's full head beside it."""
 
 from __future__ import annotations
 
@@ -59,11 +60,15 @@ def test_decoder_widths_match_its_skips():
         ModelConfig(head_scales=(0, 1))
 
 
-def test_a_light_head_trains_saves_loads_and_exports(tiny_category: Path, tmp_path: Path):
+@pytest.mark.parametrize("scales", [([1, 2], [2]), ([0, 1, 2], [0, 1, 2])], ids=["default-light", "spec-full"])
+def test_either_head_trains_saves_loads_and_exports(tiny_category: Path, tmp_path: Path, scales):
+    """The default light head and the spec's full head (``head_scales``, ``msa_scales``), end to end."""
+    head, msa = scales
     values = tiny_overrides(tiny_category)
-    values["model"].update(head_scales=[1, 2], msa_scales=[2])
+    values["model"].update(head_scales=head, msa_scales=msa)
     detector = prnad.train(tiny_category, tmp_path / "run", overrides=values)
-    assert len(detector.model.prototypes) == 2
+    assert len(detector.model.prototypes) == len(head)
+    assert [len(m.blocks) > 0 for m in detector.model.attention] == [i in msa for i in head]
     again = prnad.load(tmp_path / "run", device="cpu")
     image = tiny_category / "test" / "good" / sorted((tiny_category / "test" / "good").iterdir())[0].name
     first, second = detector.predict(image), again.predict(image)

@@ -29,7 +29,9 @@ def _maps(batch: int, channels: tuple[int, ...], side: int = 16) -> list[torch.T
 
 def _model(backbone: str = "resnet18", size: int = 64, **model_kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    spec = {"prototype_match": "map", "score_bank_size": 0}  # whole-map prototypes as the spec (defaults: patch, banks)
+    # the spec's model: whole-map prototypes, no score banks, the head and MSA on all three scales (the defaults:
+    # patch matching, banks, the light head at strides 8 and 16)
+    spec = {"prototype_match": "map", "score_bank_size": 0, "head_scales": (0, 1, 2), "msa_scales": (0, 1, 2)}
     config = ModelConfig(
         encoder=EncoderConfig(backbone=backbone, weights="random"), decoder_channels=(16, 16, 8), **{**spec, **model_kw}
     )
@@ -215,7 +217,8 @@ def test_old_checkpoint_config_with_explicit_tf_settings_still_loads(tmp_path):
     from prnad.checkpoint import load_checkpoint, save_checkpoint
 
     old = {"backbone": "mobilenet_v2", "weights": "random", "input_norm": "tf", "tf_same_padding": True}
-    spec = {"prototype_match": "map", "score_bank_size": 0}  # the defaults of then
+    # the defaults of then
+    spec = {"prototype_match": "map", "score_bank_size": 0, "head_scales": [0, 1, 2], "msa_scales": [0, 1, 2]}
     config = from_dict(RunConfig, {"model": {"encoder": old, "decoder_channels": [16, 16, 8], **spec}})
     encoder = build_encoder(config.model.encoder)
     shapes = zip(encoder.channels[:3], encoder.reductions[:3], strict=True)
@@ -231,8 +234,8 @@ def test_old_checkpoint_config_with_explicit_tf_settings_still_loads(tmp_path):
 
 
 def test_a_checkpoint_from_before_patch_matching_and_score_banks_loads_as_it_was_made(tmp_path):
-    """Its stored config has neither model.prototype_match nor model.score_bank_size: it was made with the
-    whole-map prototypes and no banks (the defaults of then), not with today's defaults."""
+    """Its stored config has none of model.prototype_match, score_bank_size, head_scales, msa_scales: it was
+    made with whole-map prototypes, no banks and the full head (the defaults of then), not today's."""
     import json
 
     from safetensors.torch import load_file, save_file
@@ -248,6 +251,8 @@ def test_a_checkpoint_from_before_patch_matching_and_score_banks_loads_as_it_was
                 "decoder_channels": [16, 16, 8],
                 "prototype_match": "map",
                 "score_bank_size": 0,
+                "head_scales": [0, 1, 2],
+                "msa_scales": [0, 1, 2],
             }
         },
     )
@@ -255,11 +260,13 @@ def test_a_checkpoint_from_before_patch_matching_and_score_banks_loads_as_it_was
     with safe_open(path, "pt") as f:
         header = f.metadata()
     stored = json.loads(header["config"])
-    del stored["model"]["prototype_match"], stored["model"]["score_bank_size"]
+    for key in ("prototype_match", "score_bank_size", "head_scales", "msa_scales"):
+        del stored["model"][key]
     old = tmp_path / "old.safetensors"
     save_file(load_file(path), old, metadata={**header, "config": json.dumps(stored)})
     loaded = load_checkpoint(old)
     assert loaded.config.model.prototype_match == "map" and loaded.config.model.score_bank_size == 0
+    assert loaded.config.model.head_scales == (0, 1, 2) and loaded.config.model.msa_scales == (0, 1, 2)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model.eval()(x).logits, model(x).logits)
@@ -429,7 +436,8 @@ def test_training_step_leaves_encoder_weights_and_bn_buffers_unchanged(fold):
     )
     encoder = build_encoder(config.encoder)
     protos = [
-        torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels[:3], encoder.reductions, strict=False)
+        torch.randn(2, encoder.channels[i], 64 // encoder.reductions[i], 64 // encoder.reductions[i])
+        for i in config.head_scales
     ]
     model = build_prn(config, prototypes=protos, encoder=encoder)
     before = _frozen_state(model)

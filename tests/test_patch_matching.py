@@ -82,7 +82,7 @@ def _patch_model() -> torch.nn.Module:
         prototype_match="patch",
     )
     encoder = build_encoder(config.encoder)
-    banks = [torch.randn(30, c, 1, 1) for c in encoder.channels[:3]]
+    banks = [torch.randn(30, encoder.channels[i], 1, 1) for i in config.head_scales]
     return fused_for_inference(build_prn(config, prototypes=banks, encoder=encoder))
 
 

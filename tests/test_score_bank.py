@@ -67,9 +67,12 @@ def _banked_model() -> torch.nn.Module:
         prototype_match="map",
     )
     encoder = build_encoder(config.encoder)
-    protos = [torch.randn(2, c, 64 // r, 64 // r) for c, r in zip(encoder.channels, encoder.reductions, strict=False)]
+    protos = [
+        torch.randn(2, encoder.channels[i], 64 // encoder.reductions[i], 64 // encoder.reductions[i])
+        for i in config.head_scales
+    ]
     banks = [torch.randn(30, encoder.channels[i]) for i in SCORE_SCALES]
-    model = fused_for_inference(build_prn(config, prototypes=protos[:3], encoder=encoder, score_banks=banks))
+    model = fused_for_inference(build_prn(config, prototypes=protos, encoder=encoder, score_banks=banks))
     model.score_stats.copy_(torch.tensor([[0.2, 3.0, 5.0], [0.1, 2.0, 4.0]]))
     model.map_stats.copy_(torch.tensor([[-1.0, 2.0, 3.0], [0.5, 4.0, 8.0]]))
     return model

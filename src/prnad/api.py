@@ -102,8 +102,8 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "torch", precis
     """Load a trained run folder once, for ``predict`` and ``evaluate``.
 
     ``engine``: ``torch`` (default), ``onnxruntime`` or ``openvino`` (CPU; the run's exported graph, made
-    into ``<run>/export/`` on first use; needs ``pip install 'prnad[deploy]'``). ``precision``: ``fp32``,
-    or ``fp16``/``bf16`` autocast with the torch engine (for GPUs).
+    into ``<run>/export/`` on first use; needs ``pip install 'prnad[deploy]'``). ``precision``: ``fp32``;
+    ``fp16``/``bf16`` autocast with the torch engine (for GPUs); ``bf16`` with openvino (CPUs with bfloat16).
 
     >>> import tempfile, numpy as np, prnad
     >>> from prnad.data import write_tiny_category

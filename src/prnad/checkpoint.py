@@ -141,7 +141,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 # Defaults that changed since checkpoints were first written: a stored config without the key was made with
 # the old value, which must win over today's default.
-_OLD_MODEL_DEFAULTS = {"prototype_match": "map", "score_bank_size": 0}
+_OLD_MODEL_DEFAULTS = {
+    "prototype_match": "map",
+    "score_bank_size": 0,
+    "head_scales": [0, 1, 2],  # the light head (1, 2) became the default after these keys were written
+    "msa_scales": [0, 1, 2],
+}
 
 
 def _with_old_defaults(values: object) -> object:

@@ -82,7 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this category folder instead of the one the run trained on")
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="torch engine (default fp32)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="fp32 (default); torch: fp16 or bf16 autocast; openvino: bf16",
+    )
 
     p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
     p.add_argument("--data", required=True, help="category folder")
@@ -104,7 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images read and scored at a time (default 16)")
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="torch engine (default fp32)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="fp32 (default); torch: fp16 or bf16 autocast; openvino: bf16",
+    )
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--threshold", type=float, help="image threshold: score > T is anomalous (default: the run's)")
     limit.add_argument(

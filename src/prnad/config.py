@@ -106,13 +106,15 @@ class ModelConfig:
     kmeans_iterations: int = 50  # Lloyd steps per restart (converges well before on 200-400 maps)
     residual: Literal["squared", "absolute", "signed"] = "squared"  # [C] from the figure's residual map
     # [C] the encoder scales (0: stride 4, 1: stride 8, 2: stride 16) the head works on: prototypes, MF1, MSA,
-    # MF2 and decoder skips. (1, 2) drops stride 4, the costliest resolution of the head on a CPU: the map is
-    # decoded at stride 8 and upsampled. A run of scales ending at 2: (0, 1, 2), (1, 2) or (2,).
-    head_scales: tuple[int, ...] = (0, 1, 2)
+    # MF2 and decoder skips. The default (1, 2) drops stride 4, the costliest resolution of the head on a CPU:
+    # the map is decoded at stride 8 and upsampled (a deviation from the spec's three scales, measured on bottle
+    # and screw, docs/DESIGN.md). A run of scales ending at 2: (0, 1, 2) (the spec), (1, 2) or (2,).
+    head_scales: tuple[int, ...] = (1, 2)
     msa_blocks: int = 2  # [C] stacked MSA blocks per scale
-    # [C] the scales (0: stride 4, 1: stride 8, 2: stride 16) that get MSA; the others pass their joint map on
-    # unchanged. MSA at stride 4 (64x64 tokens at 256 px) is the costliest part of the head on a CPU.
-    msa_scales: tuple[int, ...] = (0, 1, 2)
+    # [C] the scales (0: stride 4, 1: stride 8, 2: stride 16) that get MSA, among head_scales; the others pass
+    # their joint map on unchanged. The default, stride 16 only, is the light head measured in docs/DESIGN.md;
+    # (0, 1, 2) is the spec's.
+    msa_scales: tuple[int, ...] = (2,)
     msa_grids: tuple[int, ...] = (1, 2, 4)  # [P figure] whole map, 2x2 and 4x4 windows
     msa_max_kv: int = 8  # keys/values of a window are average-pooled to at most this many per side (CPU cost)
     msa_head_dim: int = 64  # heads = max(1, channels // head_dim)
@@ -236,7 +238,7 @@ class TrainConfig:
     """Fixed budget, Adam; no model selection on the test set."""
 
     seed: int = 0
-    iterations: int = 1300  # about 40 min on a 2-core CPU at 256 px with MobileNetV2; more on a GPU
+    iterations: int = 2200  # 38-42 min on a 2-core CPU at 256 px with MobileNetV2 and the default head
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 0.0

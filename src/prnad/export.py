@@ -31,6 +31,10 @@ from prnad.model.prn import PRNOutput, gaussian_blur
 
 Format = Literal["onnx", "openvino"]
 ENGINES = ("torch", "onnxruntime", "openvino")
+# The precisions each engine runs: the PyTorch module under autocast; OpenVINO's CPU plugin in bfloat16 where the
+# processor has it (AVX512-BF16, AMX); ONNX Runtime float32 only.
+ENGINE_PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
 OPSET = 18
 # What the exported graph computes beyond the weights; a cached export made with another is made again.
 # 2: the patch match blends the two nearest bank vectors at near-ties (continuous across them).
@@ -215,11 +219,14 @@ class OnnxRuntimeEngine:
         return _output(*outputs)
 
 
-def compile_openvino(path: Path, *, threads: int | None = None) -> Any:
-    """An OpenVINO IR compiled for the CPU in float32, latency mode, on ``threads`` (default: torch's)."""
+def compile_openvino(path: Path, *, threads: int | None = None, precision: str = "fp32") -> Any:
+    """An OpenVINO IR compiled for the CPU in ``precision`` (fp32, or bf16: matmuls and convolutions in
+    bfloat16 where the processor has it), latency mode, on ``threads`` (default: torch's)."""
+    if precision not in OPENVINO_HINTS:
+        raise ConfigError(f"OpenVINO precision must be one of {', '.join(OPENVINO_HINTS)}, got {precision!r}")
     ov = _import("openvino", "openvino")
     config = {
-        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
     }
@@ -230,13 +237,12 @@ def compile_openvino(path: Path, *, threads: int | None = None) -> Any:
 
 
 class OpenVinoEngine:
-    """OpenVINO IR run on the CPU, pinned to float32 (the CPU plugin would otherwise pick bf16 where the
-    processor has it); returns a PRNOutput."""
+    """OpenVINO IR run on the CPU, pinned to ``precision``: float32 by default (the CPU plugin would otherwise
+    pick bf16 where the processor has it), or bf16 when asked; returns a PRNOutput."""
 
-    name = "openvino"
-
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
-        self.compiled = compile_openvino(path, threads=threads)
+    def __init__(self, path: Path, *, threads: int | None = None, precision: str = "fp32") -> None:
+        self.name = "openvino" if precision == "fp32" else f"openvino {precision}"
+        self.compiled = compile_openvino(path, threads=threads, precision=precision)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(name) for name in OUTPUTS]
 
@@ -248,14 +254,26 @@ class OpenVinoEngine:
         return _output(*(np.array(result[o]) for o in self.outputs))
 
 
-def load_engine(engine: str, model: PRN, run_dir: Path | None, model_file: Path | None, image_size: int):
-    """The callable that runs ``model``: the module itself for ``torch``, else its export (made if needed)."""
+def check_engine_precision(engine: str, precision: str) -> None:
+    """ConfigError unless ``engine`` is known and runs ``precision`` (:data:`ENGINE_PRECISIONS`)."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if precision not in ENGINE_PRECISIONS[engine]:
+        raise ConfigError(
+            f"precision {precision!r} is not one engine {engine!r} runs: {', '.join(ENGINE_PRECISIONS[engine])}"
+        )
+
+
+def load_engine(
+    engine: str, model: PRN, run_dir: Path | None, model_file: Path | None, image_size: int, precision: str = "fp32"
+):
+    """The callable that runs ``model``: the module itself for ``torch`` (its precision is the caller's
+    business), else its export (made if needed), run by ONNX Runtime or by OpenVINO in ``precision``."""
+    check_engine_precision(engine, precision)
     if engine == "torch":
         return model
     if run_dir is None or model_file is None:
         raise ConfigError(f"engine {engine!r} runs a run folder's export: load the model with prnad.load(run)")
     fmt: Format = "onnx" if engine == "onnxruntime" else "openvino"
     path = export_run(model, run_dir, model_file, fmt, image_size=image_size)
-    return OnnxRuntimeEngine(path) if engine == "onnxruntime" else OpenVinoEngine(path)
+    return OnnxRuntimeEngine(path) if engine == "onnxruntime" else OpenVinoEngine(path, precision=precision)

@@ -23,7 +23,7 @@ from prnad.config import RunConfig
 from prnad.data import to_rgb
 from prnad.errors import CheckpointError, ConfigError, PrnadError
 from prnad.evaluate import check_finite, evaluate_model, write_metrics
-from prnad.export import export_run, load_engine
+from prnad.export import check_engine_precision, export_run, load_engine
 from prnad.model import PRN
 from prnad.model.prn import PRNOutput, fused_for_inference
 from prnad.runs import RunPaths
@@ -127,12 +127,11 @@ class Detector:
         self.model = fused_for_inference(model).to(self.device).eval()
         if engine != "torch" and self.device.type != "cpu":
             raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {self.device}")
-        if precision != "fp32" and engine != "torch":
-            raise ConfigError(f"precision {precision!r} is for engine 'torch'; exported engines run float32")
+        check_engine_precision(engine, precision)
         self.engine, self.precision = engine, precision
         model_file = None if run_dir is None else RunPaths(run_dir).model
-        self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size)
-        if precision != "fp32":
+        self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size, precision)
+        if precision != "fp32" and engine == "torch":
             self.runner = ReducedPrecision(self.model, precision, self.device)
         fitted = info.get("thresholds") or {}
         self.image_threshold: float | None = fitted.get("image")
@@ -160,8 +159,9 @@ class Detector:
         """Load the final model of a run folder (``model.safetensors``); errors name the file.
 
         ``engine``: ``torch`` runs the PyTorch model; ``onnxruntime`` and ``openvino`` run its exported graph
-        (made into ``<run>/export/`` first when missing or older than the model). ``precision``: ``fp32``, or
-        ``fp16``/``bf16`` autocast for the PyTorch engine (for GPUs; maps within about 1e-2 of float32).
+        (made into ``<run>/export/`` first when missing or older than the model). ``precision``: ``fp32``;
+        ``fp16``/``bf16`` autocast for the PyTorch engine (for GPUs; maps within about 1e-2 of float32);
+        ``bf16`` for OpenVINO (matmuls and convolutions in bfloat16 on CPUs that have it).
         """
         paths = RunPaths(Path(run_dir))
         if not paths.root.is_dir():
