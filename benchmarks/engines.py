@@ -2,9 +2,9 @@
 
     python benchmarks/engines.py --run runs/bench_bottle_cpu_patch/seed0
 
-For each engine (torch, onnxruntime, openvino in float32 and bf16): the evaluation protocol's metrics, the decisions at the run's
-thresholds, ms per image at batch 1, and the largest difference of its maps to PyTorch's on the held-out test
-images. Then ``predict`` on a copy of the category's test folder (every defect type) with one corrupt file
+For each engine (torch, onnxruntime, openvino in float32 and bf16): the evaluation protocol's metrics, the
+decisions at the run's thresholds, ms per image at batch 1, and the largest difference of its maps to
+PyTorch's on the held-out test images. Then ``predict`` on a copy of the category's test folder (every defect type) with one corrupt file
 added: what it wrote for each image and what it reported. Writes ``benchmarks/results/engines_<name>.json``
 and ``.md``; prints what it measured.
 """

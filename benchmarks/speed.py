@@ -78,8 +78,9 @@ def time_ms(fn: Callable, x: torch.Tensor, device: torch.device, *, warmup: int,
 
 @torch.inference_mode()
 def reduced_map_diff(model: PRN, engine: Callable, x: torch.Tensor) -> float:
-    """Largest difference of a reduced-precision engine's anomaly map on ``x`` to the float32 PyTorch model's."""
-    return float((engine(x).anomaly_map - model.to(x.device)(x).anomaly_map).abs().max())
+    """Largest difference of a reduced-precision engine's anomaly map on ``x`` to the float32 PyTorch ``model``'s
+    (both on ``x``'s device)."""
+    return float((engine(x).anomaly_map - model(x).anomaly_map).abs().max())
 
 
 def random_model(config_path: str | None, prototypes: int, sets: list[str] = ()) -> tuple[PRN, int]:
@@ -143,7 +144,7 @@ def runners(
     model: PRN, size: int, engines: list[str], folder: Path, skipped: dict, ov_precisions: tuple[str, ...] = ("fp32",)
 ) -> dict[tuple[str, str], dict[str, Callable]]:
     """Per (engine, precision), callables for the whole model and for the encoder alone."""
-    out: dict[str, dict[str, Callable]] = {}
+    out: dict[tuple[str, str], dict[str, Callable]] = {}
     if "torch" in engines:
         out["torch", "fp32"] = {"whole": model, "encoder": model.encoder}
     wanted = [e for e in engines if e != "torch"]

@@ -63,6 +63,18 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _add_model_flags(p)
 
 
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    """--device, --engine and --precision of the commands that run a trained model (evaluate, predict)."""
+    p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="fp32 (default); torch: fp16 or bf16 autocast; openvino: bf16",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prnad", description="Anomaly detection with Prototypical Residual Networks")
     parser.add_argument("--version", action="version", version=f"prnad {__version__}")
@@ -80,14 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by prnad train")
     p.add_argument("--save-maps", help="write each anomaly map as .npy and scores.csv into this folder")
     p.add_argument("--data", help="evaluate on this category folder instead of the one the run trained on")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16", "bf16"],
-        default="fp32",
-        help="fp32 (default); torch: fp16 or bf16 autocast; openvino: bf16",
-    )
+    _add_engine_options(p)
 
     p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
     p.add_argument("--data", required=True, help="category folder")
@@ -107,14 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for <name>.npy maps, <name>_mask.png, <name>_overlay.png, results.csv and results.jsonl",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images read and scored at a time (default 16)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="(default torch)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16", "bf16"],
-        default="fp32",
-        help="fp32 (default); torch: fp16 or bf16 autocast; openvino: bf16",
-    )
+    _add_engine_options(p)
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--threshold", type=float, help="image threshold: score > T is anomalous (default: the run's)")
     limit.add_argument(

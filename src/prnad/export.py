@@ -33,8 +33,8 @@ Format = Literal["onnx", "openvino"]
 ENGINES = ("torch", "onnxruntime", "openvino")
 # The precisions each engine runs: the PyTorch module under autocast; OpenVINO's CPU plugin in bfloat16 where the
 # processor has it (AVX512-BF16, AMX); ONNX Runtime float32 only.
-ENGINE_PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
-OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # precision -> the CPU plugin's INFERENCE_PRECISION_HINT
+ENGINE_PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "openvino": tuple(OPENVINO_HINTS)}
 OPSET = 18
 # What the exported graph computes beyond the weights; a cached export made with another is made again.
 # 2: the patch match blends the two nearest bank vectors at near-ties (continuous across them).

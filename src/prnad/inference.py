@@ -23,7 +23,7 @@ from prnad.config import RunConfig
 from prnad.data import to_rgb
 from prnad.errors import CheckpointError, ConfigError, PrnadError
 from prnad.evaluate import check_finite, evaluate_model, write_metrics
-from prnad.export import check_engine_precision, export_run, load_engine
+from prnad.export import export_run, load_engine
 from prnad.model import PRN
 from prnad.model.prn import PRNOutput, fused_for_inference
 from prnad.runs import RunPaths
@@ -127,7 +127,6 @@ class Detector:
         self.model = fused_for_inference(model).to(self.device).eval()
         if engine != "torch" and self.device.type != "cpu":
             raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {self.device}")
-        check_engine_precision(engine, precision)
         self.engine, self.precision = engine, precision
         model_file = None if run_dir is None else RunPaths(run_dir).model
         self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size, precision)
