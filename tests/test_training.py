@@ -72,7 +72,7 @@ def test_stream_items_are_a_function_of_seed_and_index():
     b = AnomalyStream(pool, SynthConfig(), seed=3, batch_size=8, start=8, stop=16)
     for i in range(8):
         assert torch.equal(a[8 + i][0], b[i][0]) and torch.equal(a[8 + i][1], b[i][1])
-    image, mask = a[5]
+    image, mask, _ = a[5]
     assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
     assert image.min() >= 0.0 and image.max() <= 1.0
     for i in range(8):

@@ -50,6 +50,31 @@ class PRNOutput:
     distances: torch.Tensor | None = None
 
 
+@dataclass
+class FrozenParts:
+    """What PRN's head reads of a batch, none of it trained: per head scale (fine to coarse) the encoder's map
+    ``features`` (B, C_i, H_i, W_i) and its ``residuals`` to the nearest prototype (same shapes), and the
+    encoder's ``bottom`` map (B, C_4, S/32, S/32)."""
+
+    features: list[torch.Tensor]
+    residuals: list[torch.Tensor]
+    bottom: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor, in a fixed order (features, residuals, bottom); :meth:`from_tensors` inverts it."""
+        return [*self.features, *self.residuals, self.bottom]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor]) -> FrozenParts:
+        n = (len(tensors) - 1) // 2
+        return cls(features=list(tensors[:n]), residuals=list(tensors[n : 2 * n]), bottom=tensors[-1])
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
+
+
 def topk_score(logits: torch.Tensor, k: int, *, smoothing: float = 0.0) -> torch.Tensor:
     """Mean of the ``k`` largest pixels of sigmoid(logits) per map, in float64: (B, 1, S, S) -> (B,) float64.
 
@@ -197,19 +222,33 @@ class PRN(nn.Module):
 
     def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """The decoder's logits (B, 1, S, S) and the score banks' distance maps (or None) of ``images``."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
+        _check_images(images)
         with torch.no_grad():
             *encoded, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
             maps = self.distance_maps(encoded)  # n_banks x (B, 1, H_i, W_i) or None
-            features = self.head_features(encoded)  # one map per head scale
-            residuals = self.residuals(features)
-        fused_f = self.feature_fusion(features)
-        fused_r = self.residual_fusion(residuals)
+            parts = self._frozen(encoded, bottom)
+        return self.head(parts, images.shape[-2:]), maps
+
+    def encode(self, images: torch.Tensor) -> FrozenParts:
+        """What the head reads of ``images`` (B, 3, S, S), computed without gradients: the part of PRN that
+        training never changes (the encoder, the prototypes), so it can be computed once per image."""
+        _check_images(images)
+        with torch.no_grad():
+            *encoded, bottom = self.encoder(images)
+            return self._frozen(encoded, bottom)
+
+    def _frozen(self, encoded: list[torch.Tensor], bottom: torch.Tensor) -> FrozenParts:
+        features = self.head_features(encoded)  # one map per head scale
+        return FrozenParts(features=features, residuals=self.residuals(features), bottom=bottom)
+
+    def head(self, parts: FrozenParts, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """The trained part: MF1 on features and residuals, MSA, MF2, decoder; logits (B, 1, *size)."""
+        fused_f = self.feature_fusion(parts.features)
+        fused_r = self.residual_fusion(parts.residuals)
         joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)
         attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
         fused = self.output_fusion(attended)
-        return self.decoder(bottom, fused, images.shape[-2:]), maps
+        return self.decoder(parts.bottom, fused, size)
 
     def forward(self, images: torch.Tensor) -> PRNOutput:
         return self.output(*self.decode(images))

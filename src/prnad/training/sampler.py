@@ -37,6 +37,11 @@ class TrainingPool:
     seen_masks: np.ndarray
     textures: np.ndarray
 
+    def unchanged(self) -> np.ndarray:
+        """(N + M, S, S, 3) uint8: the images the stream serves as they are, the normals then the seen
+        anomalies (the place :meth:`AnomalyStream.sample_with_source` reports)."""
+        return np.concatenate([self.normals, self.seen_images])
+
 
 def kind_fractions(config: SynthConfig, n_seen: int) -> dict[str, float]:
     """Fraction of each kind in a batch; seen and EA drop out (weights renormalised) without seen anomalies."""
@@ -72,7 +77,8 @@ def batch_offset(seed: int, batch: int) -> float:
 
 
 class AnomalyStream(torch.utils.data.Dataset):
-    """Samples ``start .. stop-1`` of the stream. Item: image (3, S, S) float in [0, 1], mask (1, S, S) float."""
+    """Samples ``start .. stop-1`` of the stream. Item: image (3, S, S) float in [0, 1], mask (1, S, S) float,
+    and the image's place in :meth:`TrainingPool.unchanged` (-1 for a made anomaly)."""
 
     def __init__(
         self, pool: TrainingPool, config: SynthConfig, *, seed: int, batch_size: int, start: int, stop: int
@@ -84,14 +90,14 @@ class AnomalyStream(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         i = self.start + index
         batch, position = divmod(i, self.batch_size)
         kind = self.kind_at(batch, position)
-        image, mask = self.sample(kind, np.random.default_rng([self.seed, i]))
+        image, mask, source = self.sample_with_source(kind, np.random.default_rng([self.seed, i]))
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)  # (3, S, S)
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]  # (1, S, S)
-        return image_t, mask_t
+        return image_t, mask_t, source
 
     def kind_at(self, batch: int, position: int) -> str:
         """The kind of sample ``position`` of batch ``batch`` (a pure function of seed and batch)."""
@@ -99,20 +105,28 @@ class AnomalyStream(torch.utils.data.Dataset):
 
     def sample(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One (image (S, S, 3) uint8, mask (S, S) bool) of ``kind``."""
+        image, mask, _ = self.sample_with_source(kind, rng)
+        return image, mask
+
+    def sample_with_source(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`sample`, and the image's place in :meth:`TrainingPool.unchanged` when the sample is one of
+        those images as it is (a normal image or a raw seen anomaly), else -1."""
         pool, n = self.pool, len(self.pool.normals)
         idx = int(rng.integers(n))
         normal, allowed = pool.normals[idx], pool.foreground[idx]
         if kind == "normal":
-            return normal, np.zeros(normal.shape[:2], dtype=bool)
+            return normal, np.zeros(normal.shape[:2], dtype=bool), idx
         if kind in ("seen", "ea"):
             j = int(rng.integers(len(pool.seen_images)))
             if kind == "seen":
-                return pool.seen_images[j], pool.seen_masks[j]
-            return extended_anomaly(
+                return pool.seen_images[j], pool.seen_masks[j], n + j
+            made = extended_anomaly(
                 normal, pool.seen_images[j], pool.seen_masks[j], rng, allowed=allowed, config=self.config
             )
-        if kind == "hea":
+        elif kind == "hea":
             texture = pool.textures[int(rng.integers(len(pool.textures)))]
-            return heterologous_anomaly(normal, texture, rng, allowed=allowed, config=self.config)
-        other = pool.normals[int(rng.integers(n))]
-        return homologous_anomaly(normal, other, rng, allowed=allowed, config=self.config)
+            made = heterologous_anomaly(normal, texture, rng, allowed=allowed, config=self.config)
+        else:
+            other = pool.normals[int(rng.integers(n))]
+            made = homologous_anomaly(normal, other, rng, allowed=allowed, config=self.config)
+        return *made, -1

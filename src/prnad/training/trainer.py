@@ -1,6 +1,7 @@
 """Training: prototypes once, then a fixed budget of Adam steps over the mixed anomaly stream.
 
-A step reads as: synthesise (in DataLoader workers), forward, loss, update. Periodic checkpoints hold the
+A step reads as: synthesise (in DataLoader workers), the frozen parts (encoder and prototype residuals; once
+per unchanged image, :mod:`prnad.training.cache`), the head, loss, update. Periodic checkpoints hold the
 optimiser too, so ``resume`` continues exactly where an interrupted run stopped.
 """
 
@@ -25,8 +26,10 @@ from prnad.errors import ConfigError, DataError, TrainingError
 from prnad.fitting import compute_prototypes, compute_score_banks
 from prnad.model import PRN, build_encoder, build_prn, prn_loss
 from prnad.model.encoder import check_weights_source
+from prnad.model.prn import FrozenParts
 from prnad.runs import RunPaths
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
+from prnad.training.cache import FeatureCache
 from prnad.training.calibration import fit_thresholds, holdout_indices, standardise_score
 from prnad.training.sampler import AnomalyStream, TrainingPool, kind_fractions
 from prnad.utils import resolve_device, seed_everything
@@ -126,10 +129,10 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _step(
-    model: PRN, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor, config: RunConfig
+    model: PRN, optimizer: torch.optim.Optimizer, parts: FrozenParts, masks: torch.Tensor, config: RunConfig
 ) -> float:
-    output = model(images)
-    loss = prn_loss(output.decoder_logits, masks, config.loss)
+    logits = model.head(parts, masks.shape[-2:])  # (B, 1, S, S): the decoder's map, what the loss trains
+    loss = prn_loss(logits, masks, config.loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -253,14 +256,17 @@ def fit_score_and_thresholds(
 def _loop(
     model: PRN, optimizer, pool, config: RunConfig, paths: RunPaths, *, start: int, info: dict, device, progress: bool
 ) -> None:
-    model.train()
     t = config.train
+    cache = FeatureCache(model, pool.unchanged(), budget_mb=t.feature_cache_mb, device=device)
+    info["feature_cache_images"] = len(cache)
+    model.train()
     bar = tqdm(total=t.iterations, initial=start, disable=not progress, desc="train", unit="it", dynamic_ncols=True)
     with bar, paths.log.open("a") as log:
-        for step, (images, masks) in enumerate(_loader(pool, config, start), start=start):
+        for step, (images, masks, sources) in enumerate(_loader(pool, config, start), start=start):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            loss = _step(model, optimizer, images.to(device), masks.to(device), config)
+            parts = cache.parts(model, images.to(device), sources)
+            loss = _step(model, optimizer, parts, masks.to(device), config)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"iteration {step + 1}: the loss is {loss}; training diverged (try a lower train.lr). "
