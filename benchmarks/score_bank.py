@@ -64,6 +64,12 @@ def _figures(result: dict) -> dict:
 PAPER = {"bottle": (100.0, 99.4, 97.0, 92.3), "screw": (95.9, 97.5, 92.4, 44.9)}  # PRN, ResNet18
 
 
+def _before_label(r: dict) -> str:
+    """What the "before" figures of a run are: the spec's map and score, or the banks it was trained with."""
+    size = r.get("trained_bank_size", 0)
+    return f"as trained (banks {size})" if size else "decoder map, top-K"
+
+
 def _prf(at: dict | None, level: str) -> str:
     part = (at or {}).get(level)
     return " / ".join(f"{part[k]:.1f}" for k in ("precision", "recall", "f1")) if part else "-"
@@ -73,17 +79,18 @@ def _markdown(data: dict) -> str:
     commands = dict.fromkeys(r.get("command", data["command"]) for r in data["runs"].values())
     lines = ["# Score banks added to trained runs", "", "Commands:", "", *(f"- `{c}`" for c in commands), ""]
     lines += [
-        f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (the decoder's map and top-K score,"
+        f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (as it was trained: the decoder's",
     ]
     lines += [
-        "as the spec) and after (`model.score_bank_size`), on the test split minus the seed's seen anomalies.",
+        "map and top-K score as the spec, or its own banks) and after (`model.score_bank_size` set to the size shown),",
+        "on the test split minus the seed's seen anomalies.",
         "",
     ]
     lines += ["| run | category | seed | train min | model | image AUROC | pixel AUROC | PRO | pixel AP |"]
     lines[-1] += " image P / R / F1 | pixel P / R / F1 | ms/image |"
     lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, r in data["runs"].items():
-        for label, f in (("decoder map, top-K", r["before"]), (f"banks {r['size']}", r["after"])):
+        for label, f in ((_before_label(r), r["before"]), (f"banks {r['size']}", r["after"])):
             m = f["metrics"]
             cells = [run, r["category"], str(r["seed"]), str(r.get("train_minutes", "-")), label]
             cells += [f"{m[k]:.1f}" for k in KEYS]
@@ -99,7 +106,9 @@ def _markdown(data: dict) -> str:
     for category in sorted({r["category"] for r in data["runs"].values()}):
         runs = [r for r in data["runs"].values() if r["category"] == category]
         seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        for label, key in (("decoder map, top-K", "before"), ("banks", "after")):
+        sizes = ", ".join(sorted({str(r["size"]) for r in runs}))
+        befores = " / ".join(sorted({_before_label(r) for r in runs}))
+        for label, key in ((befores, "before"), (f"banks {sizes}", "after")):
             means = [statistics.fmean(r[key]["metrics"][k] for r in runs) for k in KEYS]
             lines.append(f"| {category} | {label} | {seeds} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
         if category in PAPER:
@@ -119,7 +128,7 @@ def _markdown(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("runs", nargs="*", type=Path, help="finished runs (none with --report-only)")
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="score_bank")
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         (args.results / f"{args.name}.md").write_text(_markdown(data))
         return
+    if not args.runs:
+        p.error("name at least one run (or --report-only)")
     data.update(
         command="python " + shlex.join(["benchmarks/score_bank.py", *(sys.argv[1:] if argv is None else argv)]),
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             "train_minutes": round(trained.info.get("train_seconds", float("nan")) / 60, 1),
             "command": data["command"],
             "size": args.size,
+            "trained_bank_size": trained.config.model.score_bank_size,
             "before": before,
             "after": after,
         }

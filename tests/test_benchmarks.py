@@ -142,3 +142,23 @@ def test_map_fusion_default_candidate_is_the_models_own_map(tiny_category: Path,
     assert default["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-3)
     assert default["pixel_ap"] == pytest.approx(metrics["pixel_ap"], abs=1e-3)
     assert figures["figures"]["L"]["pixel_ap"] != default["pixel_ap"]  # the candidates are different maps
+
+
+def test_train_step_times_each_cache_budget_from_the_same_model(tiny_category: Path, tmp_path: Path, monkeypatch):
+    """benchmarks/train_step.py on the tiny category: one row per budget, the cache holds every unchanged image
+    (normals and seen anomalies) when it fits and none at 0, and the report names the command."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_step
+
+    sets = ["data.image_size=64", "data.seen_anomalies=2", "model.encoder.weights=random", "train.batch_size=4"]
+    sets += ["model.decoder_channels=[8,8,8]", "train.num_workers=0", "model.kmeans_restarts=1"]
+    args = ["--data", str(tiny_category), "--config", str(tmp_path / "none.yaml"), "--cache-mb", "0", "64"]
+    (tmp_path / "none.yaml").write_text("{}\n")
+    args += ["--steps", "2", "--warmup", "1", "--results", str(tmp_path)]
+    train_step.main(args + [item for s in sets for item in ("--set", s)])
+    data = json.loads((tmp_path / "train_step.json").read_text())
+    cached = [row["cached_images"] for row in data["rows"]]
+    n_normal = len(list((tiny_category / "train" / "good").iterdir()))
+    assert cached == [0, data["unchanged_images"]] and 2 < data["unchanged_images"] <= n_normal + 2
+    assert all(row["step_s"] > 0 for row in data["rows"])
+    assert "train_step.py" in (tmp_path / "train_step.md").read_text()
