@@ -151,7 +151,7 @@ def test_train_step_times_each_cache_budget_from_the_same_model(tiny_category: P
     import train_step
 
     sets = ["data.image_size=64", "data.seen_anomalies=2", "model.encoder.weights=random", "train.batch_size=4"]
-    sets += ["model.decoder_channels=[8,8,8]", "train.num_workers=0", "model.kmeans_restarts=1"]
+    sets += ["model.decoder_channels=[8,8,8]", "train.num_workers=0", "model.kmeans_restarts=1", "data.textures=null"]
     args = ["--data", str(tiny_category), "--config", str(tmp_path / "none.yaml"), "--cache-mb", "0", "64"]
     (tmp_path / "none.yaml").write_text("{}\n")
     args += ["--steps", "2", "--warmup", "1", "--results", str(tmp_path)]
