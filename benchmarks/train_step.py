@@ -26,6 +26,7 @@ from bottle import dotted_overrides  # alongside this file
 from prnad.config import build_config, load_yaml, merge
 from prnad.training import trainer
 from prnad.training.cache import FeatureCache
+from prnad.utils import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     values = dotted_overrides(args.set, {"data": {"root": args.data, "textures": args.textures}})
     config = build_config(merge(load_yaml(args.config), values))
-    device = torch.device("cpu" if config.train.device == "auto" else config.train.device)
+    device = resolve_device(config.train.device)
     category, seen = trainer._validated_split(config)
     pool, _, _ = trainer.build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     fresh = trainer._start_fresh(config, pool, device)

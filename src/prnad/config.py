@@ -247,7 +247,7 @@ class TrainConfig:
     warmup: int = 50  # linear warm-up steps, then cosine decay to 0 over the budget
     num_workers: int = 1  # DataLoader workers that synthesise anomalies
     # the encoder's and the prototypes' output for the images served unchanged (normals, raw seen anomalies),
-    # computed once and kept (prnad/training/cache.py): same training, a step about a quarter faster on a CPU.
+    # computed once and kept (prnad/training/cache.py): same training, a step about a third faster on a CPU.
     # Up to this many MiB (about 0.8 per image at 256 px with MobileNetV2); 0: compute them at every step
     feature_cache_mb: int = 2048
     checkpoint_every: int = 250
