@@ -4,15 +4,15 @@
 
 The default map (``model.score_bank_size`` > 0) sums the z-scores of the decoder's logits (L) and of the two
 score banks' distance maps at strides 8 and 16 (8, 16), each standardised over the pixels of the run's
-held-out normal images. This script recomputes those parts, and one more, the norm of the residual to the
+held-out normal images, the stride-16 one at half weight (``model.bank_map_weights``). This script recomputes those parts, and one more, the norm of the residual to the
 nearest patch-bank vector at the head's finest scale (r4: stride 4, or stride 8 for a head without it; what
 the head's prototype matching already finds), standardises all of them the same way, and reports pixel AUROC
-and pixel AP of each candidate sum on the test split minus the run's seen anomalies. Some candidates also
-blur the sum with a Gaussian (sigma in pixels at the model's size, kernel radius 3 sigma, as
-``model.score_smoothing`` does for the score). The standardisation uses held-out normals only; the choice
-among candidates is what the test split judges, so a candidate is kept only if it wins on every category and
-seed. PRO is not computed (pixel-level only). Results: ``<results>/<name>.json`` and ``.md``. Nothing here
-is a target.
+and pixel AP of each candidate sum (some weight a part: 0.5x16 adds half the stride-16 z-score) on the test
+split minus the run's seen anomalies. Some candidates also blur the sum with a Gaussian (sigma in pixels at
+the model's size, kernel radius 3 sigma, as ``model.score_smoothing`` does for the score). The
+standardisation uses held-out normals only; the choice among candidates is what the test split judges, so a
+candidate is kept only if it wins on every category and seed. PRO is not computed (pixel-level only).
+Results: ``<results>/<name>.json`` and ``.md``. Nothing here is a target.
 """
 
 from __future__ import annotations
@@ -43,16 +43,19 @@ from prnad.utils import device_name
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("L", "8", "16", "r4")
-CANDIDATES = {  # name -> (the parts it sums, Gaussian sigma in px of the sum, 0: none); first: the default
-    "L+8+16 (default)": (("L", "8", "16"), 0.0),
-    "L": (("L",), 0.0),
-    "L+8": (("L", "8"), 0.0),
-    "L+16": (("L", "16"), 0.0),
-    "L+8+16+r4": (("L", "8", "16", "r4"), 0.0),
-    "L+8+r4": (("L", "8", "r4"), 0.0),
-    "L+8+16 blur 2": (("L", "8", "16"), 2.0),
-    "L+8+16 blur 4": (("L", "8", "16"), 4.0),
-    "L+8 blur 4": (("L", "8"), 4.0),
+CANDIDATES = {  # name -> ({part: weight in the sum}, Gaussian sigma in px of the sum, 0: none); first: the default
+    "L+8+0.5x16 (default)": ({"L": 1.0, "8": 1.0, "16": 0.5}, 0.0),
+    "L+8+16 (default before 2026-11-28)": ({"L": 1.0, "8": 1.0, "16": 1.0}, 0.0),
+    "L": ({"L": 1.0}, 0.0),
+    "L+8": ({"L": 1.0, "8": 1.0}, 0.0),
+    "L+16": ({"L": 1.0, "16": 1.0}, 0.0),
+    "L+8+0.25x16": ({"L": 1.0, "8": 1.0, "16": 0.25}, 0.0),
+    "L+8+16+r4": ({"L": 1.0, "8": 1.0, "16": 1.0, "r4": 1.0}, 0.0),
+    "L+8+r4": ({"L": 1.0, "8": 1.0, "r4": 1.0}, 0.0),
+    "L+8+0.5x16+0.5xr4": ({"L": 1.0, "8": 1.0, "16": 0.5, "r4": 0.5}, 0.0),
+    "L+8+16 blur 2": ({"L": 1.0, "8": 1.0, "16": 1.0}, 2.0),
+    "L+8+16 blur 4": ({"L": 1.0, "8": 1.0, "16": 1.0}, 4.0),
+    "L+8 blur 4": ({"L": 1.0, "8": 1.0}, 4.0),
 }
 
 
@@ -88,7 +91,7 @@ def measure(run: Path) -> dict:
     labels = masks.ravel()
     figures = {}
     for name, (parts, sigma) in CANDIDATES.items():
-        fused = sum(z[:, PARTS.index(p)] for p in parts)  # (M, S, S)
+        fused = sum(w * z[:, PARTS.index(p)] for p, w in parts.items())  # (M, S, S)
         if sigma > 0:
             fused = gaussian_blur(torch.from_numpy(fused)[:, None], sigma)[:, 0].numpy()
         fused = fused.ravel()

@@ -1,12 +1,15 @@
 """Benchmark: the image score with memory banks (``model.score_bank_size``) on runs trained without them.
 
     python benchmarks/score_bank.py runs/bench_screw_cpu_patch/seed0 runs/bench_bottle_cpu_patch/seed0 --size 4096
+    python benchmarks/score_bank.py runs/bench_screw/seed0 --size 4096 --map-weights 1 0.5 --name map_weights
 
 The banks only enter the image score, never the loss, so a run trained without them gives exactly the
 network that training with them would give; what training adds at its end is done here by the same function
 (``fit_score_and_thresholds``: banks from the run's trained normals, standardisation on its held-out
 normals, thresholds refitted on the combined score). Each run is copied to ``<run>_bank<size>`` with
-``model.score_bank_size`` set, and both are evaluated through the API; the figures before and after go into
+``model.score_bank_size`` set (and ``model.bank_map_weights`` with ``--map-weights``: the weights of the banks'
+maps in the fused map, which never enter the loss either; the copy is then ``<run>_bank<size>_w<w8>-<w16>``),
+and both are evaluated through the API; the figures before and after go into
 ``<results>/score_bank.json`` and ``score_bank.md``. Nothing here is a target: it prints what it measured.
 """
 
@@ -36,10 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
 
 
-def with_score_banks(run: Path, size: int, out: Path) -> Path:
-    """Copy the finished ``run`` to ``out`` with score banks of ``size``, as training would have made them."""
+def with_score_banks(run: Path, size: int, out: Path, map_weights: tuple[float, float] | None = None) -> Path:
+    """Copy the finished ``run`` to ``out`` with score banks of ``size`` (and the banks' ``map_weights`` in the
+    fused map, or the run's own), as training would have made them."""
     ckpt = load_checkpoint(RunPaths(run).model)
-    config = dataclasses.replace(ckpt.config, model=dataclasses.replace(ckpt.config.model, score_bank_size=size))
+    weights = tuple(map_weights) if map_weights is not None else ckpt.config.model.bank_map_weights
+    model_config = dataclasses.replace(ckpt.config.model, score_bank_size=size, bank_map_weights=weights)
+    config = dataclasses.replace(ckpt.config, model=model_config)
+    ckpt.model.bank_map_weights = tuple(float(w) for w in weights)
     category, seen = _validated_split(config)
     pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     if calibration is None or info["seen_anomalies"] != ckpt.info["seen_anomalies"]:
@@ -67,7 +74,16 @@ PAPER = {"bottle": (100.0, 99.4, 97.0, 92.3), "screw": (95.9, 97.5, 92.4, 44.9)}
 def _before_label(r: dict) -> str:
     """What the "before" figures of a run are: the spec's map and score, or the banks it was trained with."""
     size = r.get("trained_bank_size", 0)
-    return f"as trained (banks {size})" if size else "decoder map, top-K"
+    return f"as trained (banks {size}{_weights(r.get('trained_map_weights'))})" if size else "decoder map, top-K"
+
+
+def _after_label(r: dict) -> str:
+    return f"banks {r['size']}{_weights(r.get('map_weights'))}"
+
+
+def _weights(weights: list[float] | None) -> str:
+    """The label's ending for the banks' weights in the fused map (strides 8 / 16); empty where not recorded."""
+    return f", map weights {weights[0]:g} / {weights[1]:g}" if weights else ""
 
 
 def _prf(at: dict | None, level: str) -> str:
@@ -82,15 +98,15 @@ def _markdown(data: dict) -> str:
         f"Machine: {data['machine']}, {data['date']}. The maps and scores of each run before (as it was trained: the decoder's",
     ]
     lines += [
-        "map and top-K score as the spec, or its own banks) and after (`model.score_bank_size` set to the size shown),",
-        "on the test split minus the seed's seen anomalies.",
+        "map and top-K score as the spec, or its own banks) and after (`model.score_bank_size` set to the size shown,",
+        "`model.bank_map_weights` to the map weights shown), on the test split minus the seed's seen anomalies.",
         "",
     ]
     lines += ["| run | category | seed | train min | model | image AUROC | pixel AUROC | PRO | pixel AP |"]
     lines[-1] += " image P / R / F1 | pixel P / R / F1 | ms/image |"
     lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, r in data["runs"].items():
-        for label, f in ((_before_label(r), r["before"]), (f"banks {r['size']}", r["after"])):
+        for label, f in ((_before_label(r), r["before"]), (_after_label(r), r["after"])):
             m = f["metrics"]
             cells = [run, r["category"], str(r["seed"]), str(r.get("train_minutes", "-")), label]
             cells += [f"{m[k]:.1f}" for k in KEYS]
@@ -106,9 +122,9 @@ def _markdown(data: dict) -> str:
     for category in sorted({r["category"] for r in data["runs"].values()}):
         runs = [r for r in data["runs"].values() if r["category"] == category]
         seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        sizes = ", ".join(sorted({str(r["size"]) for r in runs}))
         befores = " / ".join(sorted({_before_label(r) for r in runs}))
-        for label, key in ((befores, "before"), (f"banks {sizes}", "after")):
+        afters = " / ".join(sorted({_after_label(r) for r in runs}))
+        for label, key in ((befores, "before"), (afters, "after")):
             means = [statistics.fmean(r[key]["metrics"][k] for r in runs) for k in KEYS]
             lines.append(f"| {category} | {label} | {seeds} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
         if category in PAPER:
@@ -130,6 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", type=Path, help="finished runs (none with --report-only)")
     p.add_argument("--size", type=int, default=4096)
+    p.add_argument(
+        "--map-weights",
+        type=float,
+        nargs=2,
+        metavar=("W8", "W16"),
+        help="model.bank_map_weights of the copy (the run's own if not given)",
+    )
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="score_bank")
     p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
@@ -153,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         date=dt.date.today().isoformat(),
     )
     for run in args.runs:
-        out = run.with_name(f"{run.name}_bank{args.size}")
-        with_score_banks(run, args.size, out)
+        suffix = f"_w{args.map_weights[0]:g}-{args.map_weights[1]:g}" if args.map_weights else ""
+        out = run.with_name(f"{run.name}_bank{args.size}{suffix}")
+        with_score_banks(run, args.size, out, args.map_weights)
         trained = prnad.load(run, device="cpu")
         kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
         before = kept or _figures(trained.evaluate())
@@ -166,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
             "command": data["command"],
             "size": args.size,
             "trained_bank_size": trained.config.model.score_bank_size,
+            "trained_map_weights": list(trained.config.model.bank_map_weights),
+            "map_weights": list(args.map_weights or trained.config.model.bank_map_weights),
             "before": before,
             "after": after,
         }

@@ -138,7 +138,7 @@ def test_map_fusion_default_candidate_is_the_models_own_map(tiny_category: Path,
     module.main([str(tmp_path / "run"), "--results", str(tmp_path / "results")])
     figures = json.loads((tmp_path / "results" / "map_fusion.json").read_text())["runs"][str(tmp_path / "run")]
     metrics = run.evaluate()["metrics"]
-    default = figures["figures"]["L+8+16 (default)"]
+    default = figures["figures"]["L+8+0.5x16 (default)"]
     assert default["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-3)
     assert default["pixel_ap"] == pytest.approx(metrics["pixel_ap"], abs=1e-3)
     assert figures["figures"]["L"]["pixel_ap"] != default["pixel_ap"]  # the candidates are different maps

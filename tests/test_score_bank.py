@@ -58,21 +58,27 @@ def test_score_banks_are_coreset_vectors_of_the_averaged_maps_and_seeded():
         assert exact.min(1).values.max() < 1e-6  # every bank row is one of the vectors
 
 
-def _banked_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = ModelConfig(
+def _banked_model_config() -> ModelConfig:
+    return ModelConfig(
         encoder=EncoderConfig(backbone="resnet18", weights="random"),
         decoder_channels=(16, 16, 8),
         score_bank_size=30,
         prototype_match="map",
+        bank_map_weights=(0.75, 0.5),
     )
+
+
+def _banked_model(*, fused: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = _banked_model_config()
     encoder = build_encoder(config.encoder)
     protos = [
         torch.randn(2, encoder.channels[i], 64 // encoder.reductions[i], 64 // encoder.reductions[i])
         for i in config.head_scales
     ]
     banks = [torch.randn(30, encoder.channels[i]) for i in SCORE_SCALES]
-    model = fused_for_inference(build_prn(config, prototypes=protos, encoder=encoder, score_banks=banks))
+    model = build_prn(config, prototypes=protos, encoder=encoder, score_banks=banks).eval()
+    model = fused_for_inference(model) if fused else model
     model.score_stats.copy_(torch.tensor([[0.2, 3.0, 5.0], [0.1, 2.0, 4.0]]))
     model.map_stats.copy_(torch.tensor([[-1.0, 2.0, 3.0], [0.5, 4.0, 8.0]]))
     return model
@@ -93,7 +99,7 @@ def test_the_score_and_the_map_are_sums_of_standardised_parts():
     up = [torch.nn.functional.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False) for m in maps]
     decoder = torch.randn(1, 1, 64, 64)
     fused = model.output(decoder, maps).logits
-    z = (decoder + 1.0) / 0.5 + (up[0] - 2.0) / 4.0 + (up[1] - 3.0) / 8.0  # the plain sum of the z-scores
+    z = (decoder + 1.0) / 0.5 + 0.75 * (up[0] - 2.0) / 4.0 + 0.5 * (up[1] - 3.0) / 8.0  # weighted z-scores
     torch.testing.assert_close(fused, -1.0 + 0.5 * z)  # mean_L + std_L * z: ranks pixels as z
     assert torch.equal(out.anomaly_map, torch.sigmoid(out.logits))
     with pytest.raises(ValueError, match="score banks"):
@@ -107,6 +113,55 @@ def test_the_banked_score_exports(tmp_path: Path):
         out = model(x)
     got = OnnxRuntimeEngine(export_onnx(model, tmp_path / "m.onnx", image_size=64))(x)
     torch.testing.assert_close(got.score.double(), out.score, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got.logits, out.logits, rtol=1e-4, atol=1e-3)  # the map weights are in the graph
+
+
+def test_bank_map_weights_weigh_the_maps_and_are_checked():
+    model = _banked_model()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, maps = model.decode(x)
+        weighted = model.output(logits, maps).logits
+        model.bank_map_weights = (0.0, 0.0)
+        assert torch.equal(model.output(logits, maps).logits, logits)  # no bank in the map: the decoder's own
+        model.bank_map_weights = (0.75, 0.0)
+        stride8 = model.output(logits, maps).logits
+    up16 = model.upsampled(maps, logits)[1]
+    torch.testing.assert_close(weighted, stride8 + 0.5 * 0.5 * (up16 - 3.0) / 8.0)  # std_L * w_16 * z_16
+    with pytest.raises(ConfigError, match="bank_map_weights"):
+        ModelConfig(bank_map_weights=(1.0, -0.5))
+    with pytest.raises(ConfigError, match="bank_map_weights"):
+        ModelConfig(bank_map_weights=(1.0,))
+
+
+def test_a_banked_checkpoint_from_before_map_weights_loads_with_equal_weights(tmp_path: Path):
+    """A stored config without model.bank_map_weights was made when both banks' maps weighed 1 (the default
+    of then), not today's."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from prnad.checkpoint import load_checkpoint, save_checkpoint
+    from prnad.config import RunConfig, from_dict, to_dict
+
+    model = _banked_model(fused=False)  # as training saves it
+    model.bank_map_weights = (1.0, 1.0)
+    values = to_dict(RunConfig())
+    values["model"].update(to_dict(_banked_model_config()), bank_map_weights=[1.0, 1.0])
+    config = from_dict(RunConfig, values)
+    path = save_checkpoint(tmp_path / "new.safetensors", model=model, config=config, iteration=1)
+    with safe_open(path, "pt") as f:
+        header = f.metadata()
+    stored = json.loads(header["config"])
+    del stored["model"]["bank_map_weights"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(path), old, metadata={**header, "config": json.dumps(stored)})
+    loaded = load_checkpoint(old)
+    assert loaded.config.model.bank_map_weights == (1.0, 1.0) == loaded.model.bank_map_weights
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x).logits, model(x).logits)
 
 
 def test_score_banks_need_held_out_normals(tiny_category: Path):
@@ -158,4 +213,19 @@ def test_banks_added_to_a_trained_run_equal_training_with_them(tiny_category: Pa
     assert added.info["score_stats"] == trained.info["score_stats"]
     assert added.info["thresholds"] == trained.info["thresholds"]
     report = (tmp_path / "results" / "score_bank.md").read_text()
-    assert "| banks 16 |" in report and "Means over the seeds measured" in report
+    assert "| banks 16, map weights 1 / 0.5 |" in report and "Means over the seeds measured" in report
+    # --map-weights: the same network and banks, the maps weighed anew, the pixel threshold refitted on them
+    args = ["--map-weights", "1", "0", "--size", "16", "--name", "w", "--results", str(tmp_path / "results")]
+    score_bank.main([str(tmp_path / "banked"), *args])
+    reweighed = prnad.load(tmp_path / "banked_bank16_w1-0", device="cpu")
+    assert reweighed.config.model.bank_map_weights == (1.0, 0.0) == reweighed.model.bank_map_weights
+    c = reweighed.model.state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a) and reweighed.info["score_stats"] == trained.info["score_stats"]
+    assert reweighed.info["thresholds"]["pixel"] != trained.info["thresholds"]["pixel"]
+    image = np.asarray(Image.open(next((tiny_category / "test" / "good").iterdir())).convert("RGB"))
+    before = trained.predict([image])[0].anomaly_map
+    trained.model.bank_map_weights = (1.0, 0.0)
+    expected = trained.predict([image])[0].anomaly_map
+    assert np.abs(expected - before).max() > 1e-4
+    np.testing.assert_allclose(reweighed.predict([image])[0].anomaly_map, expected, atol=1e-6)
+    assert "| banks 16, map weights 1 / 0 |" in (tmp_path / "results" / "w.md").read_text()

@@ -146,6 +146,7 @@ _OLD_MODEL_DEFAULTS = {
     "score_bank_size": 0,
     "head_scales": [0, 1, 2],  # the light head (1, 2) became the default after these keys were written
     "msa_scales": [0, 1, 2],
+    "bank_map_weights": [1.0, 1.0],  # the stride-16 map at half weight became the default later
 }
 
 

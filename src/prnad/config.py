@@ -132,10 +132,15 @@ class ModelConfig:
     # [C] a deviation from the spec's score and map: with a size M > 0, a memory bank of M locally averaged
     # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset). The image score is the sum
     # of z-scores, standardised on the held-out normal images, of the top-K map score and, per bank, the
-    # largest nearest-neighbour distance in the image; the map adds the standardised distance maps to the
-    # decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score alone. Needs held-out
-    # normal images (threshold.holdout_fraction > 0).
+    # largest nearest-neighbour distance in the image; the map adds the standardised distance maps, weighted
+    # by bank_map_weights, to the decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score
+    # alone. Needs held-out normal images (threshold.holdout_fraction > 0).
     score_bank_size: int = 4096
+    # [C] weights of the two banks' standardised distance maps (strides 8, 16) in the fused map; the decoder's
+    # own map weighs 1. The coarse stride-16 map at half weight: measured on bottle and screw (seeds 0-2,
+    # benchmarks/results/map_fusion_weights.md), it keeps pixel AUROC and gains pixel AP (docs/DESIGN.md).
+    # Unused without banks.
+    bank_map_weights: tuple[float, float] = (1.0, 0.5)
 
     def __post_init__(self) -> None:
         _check(
@@ -180,6 +185,11 @@ class ModelConfig:
         )
         _check(self.patch_bank_size >= 1, "model.patch_bank_size", "must be >= 1")
         _check(self.score_bank_size >= 0, "model.score_bank_size", "must be >= 0 (0: the top-K score alone)")
+        _check(
+            len(self.bank_map_weights) == 2 and all(w >= 0 for w in self.bank_map_weights),
+            "model.bank_map_weights",
+            f"must be two weights >= 0 (strides 8 and 16), got {list(self.bank_map_weights)}",
+        )
 
 
 @dataclass(frozen=True)

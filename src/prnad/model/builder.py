@@ -51,4 +51,5 @@ def build_prn(
         head_scales=scales,
         score_smoothing=config.score_smoothing,
         score_banks=score_banks,
+        bank_map_weights=config.bank_map_weights,
     )

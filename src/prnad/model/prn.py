@@ -36,8 +36,8 @@ class PRNOutput:
     score: (B,) float64 image score, the mean of the top-K pixels of Mo, computed from the logits in float64.
     Pixels that anomaly_map shows as exactly 1.0 (logits above about 16.6) still rank apart by their logits.
     decoder_logits: the decoder's own map (what the loss trains); without score banks it is ``logits``.
-    With score banks (``model.score_bank_size`` > 0), ``logits`` adds the standardised distance maps to the
-    decoder's (:meth:`PRN.fused_logits`) and the score is the sum of the standardised top-K score of the
+    With score banks (``model.score_bank_size`` > 0), ``logits`` adds the standardised, weighted distance maps
+    to the decoder's (:meth:`PRN.fused_logits`) and the score is the sum of the standardised top-K score of the
     decoder's map and the standardised ``distances`` (:meth:`PRN.combined_score`).
     distances: (B, 2) float32, per score bank (strides 8, 16) the image's largest nearest-neighbour distance;
     None without score banks.
@@ -123,8 +123,12 @@ class PRN(nn.Module):
         score_smoothing: float = 0.0,
         score_banks: list[torch.Tensor] | None = None,
         head_scales: tuple[int, ...] = (0, 1, 2),
+        bank_map_weights: tuple[float, ...] = (1.0, 0.5),
     ) -> None:
         super().__init__()
+        if len(bank_map_weights) != len(SCORE_SCALES):
+            raise ValueError(f"expected {len(SCORE_SCALES)} bank map weights, got {len(bank_map_weights)}")
+        self.bank_map_weights = tuple(float(w) for w in bank_map_weights)
         if len(prototypes) != len(head_scales):
             raise ValueError(f"expected prototypes for {len(head_scales)} scales, got {len(prototypes)}")
         self.head_scales = tuple(head_scales)
@@ -195,16 +199,18 @@ class PRN(nn.Module):
         return torch.stack([m.flatten(1).amax(1) for m in maps], dim=1)
 
     def fused_logits(self, logits: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
-        """The decoder's ``logits`` (B, 1, S, S) plus the distance ``maps``, upsampled to S and standardised
-        by ``map_stats``, scaled by the logits' own spread on normal pixels: (B, 1, S, S) in logits' dtype.
+        """The decoder's ``logits`` (B, 1, S, S) plus the distance ``maps``, upsampled to S, standardised by
+        ``map_stats`` and weighted by ``bank_map_weights``, scaled by the logits' own spread on normal pixels:
+        (B, 1, S, S) in logits' dtype.
 
-        With z the standardised parts, this is mean_L + std_L (z_L + sum_i z_i): it ranks pixels as the plain
-        sum of z-scores, and keeps normal pixels where the decoder puts them (far below 0, so Mo stays near 0).
+        With z the standardised parts and w_i the weights, this is mean_L + std_L (z_L + sum_i w_i z_i): it
+        ranks pixels as the weighted sum of z-scores, and keeps normal pixels where the decoder puts them (far
+        below 0, so Mo stays near 0).
         """
         stats = self.map_stats.to(logits.dtype)  # (2, 1 + n_banks)
         z = torch.zeros_like(logits)
         for i, up in enumerate(self.upsampled(maps, logits)):
-            z = z + (up - stats[0, i + 1]) / stats[1, i + 1]
+            z = z + self.bank_map_weights[i] * ((up - stats[0, i + 1]) / stats[1, i + 1])
         return logits + stats[1, 0] * z
 
     @staticmethod
