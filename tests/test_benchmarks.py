@@ -99,6 +99,23 @@ def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatc
     assert "model.head_scales=[1,2]" in data["model"] and (tmp_path / "speed.md").is_file()
 
 
+def test_ort_profile_puts_the_kernel_time_under_the_models_parts(tmp_path: Path, monkeypatch):
+    """benchmarks/ort_profile.py: per-part and per-operator times sum to the same kernel time, the encoder's
+    convolutions are found under the encoder, and the score banks' distances under PRN's own code."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import ort_profile
+
+    sets = ["data.image_size=64", "model.encoder.backbone=resnet18", "model.score_bank_size=8"]
+    sets += ["model.decoder_channels=[8,8,8]"]
+    args = ["--repeats", "2", "--warmup", "1", "--results", str(tmp_path)]
+    data = ort_profile.main(args + [item for s in sets for item in ("--set", s)])
+    assert sum(data["by_part_ms"].values()) == pytest.approx(data["kernel_ms"], abs=0.01)
+    assert sum(data["by_op_ms"].values()) == pytest.approx(data["kernel_ms"], abs=0.01)
+    assert data["by_part_ms"]["encoder"] > 0 and data["by_part_ms"][ort_profile.OWN] > 0
+    assert {"decoder", "attention"} <= set(data["by_part_ms"]) and (tmp_path / "ort_profile.md").is_file()
+
+
 def test_existing_runs_are_evaluated_not_trained(tiny_category: Path, tmp_path: Path, monkeypatch):
     """bottle.py --existing evaluates each seed's finished run (here one with score banks) through the API:
     the same metrics as Detector.evaluate, train minutes from the run's record, and the float32 column takes
