@@ -126,9 +126,15 @@ def _nearest_rows(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def _ranking_distances(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """||r||^2 - 2 q.r for ``queries`` (Q, D) and ``rows`` (K, D): (Q, K), the squared L2 distances less the
-    constant ||q||^2, so they rank the rows of each query as the distances do."""
-    return (rows * rows).sum(1)[None, :] - 2 * queries @ rows.T
+    """||r||^2 - 2 q.r for ``queries`` (..., Q, D) and ``rows`` (K, D): (..., Q, K), the squared L2 distances
+    less the constant ||q||^2, so they rank the rows of each query as the distances do.
+
+    One matmul of the queries with a 1 appended, (..., Q, D + 1), and the rows as [-2 r, ||r||^2], (K, D + 1):
+    no elementwise pass over the (Q, K) matrix (in ONNX Runtime that pass cost about as much as the matmul).
+    """
+    ones = torch.ones_like(queries[..., :1])  # (..., Q, 1)
+    augmented = torch.cat([-2 * rows, (rows * rows).sum(1, keepdim=True)], dim=1)  # (K, D + 1)
+    return torch.cat([queries, ones], dim=-1) @ augmented.T
 
 
 def nearest_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -202,11 +208,12 @@ def nearest_distance_map(features: torch.Tensor, bank: torch.Tensor) -> torch.Te
     """At every location, the L2 distance from the locally averaged feature vector to its nearest bank vector:
     features (B, C, H, W), bank (M, C) -> (B, 1, H, W) in features' dtype.
 
-    ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r, minimised over the M bank vectors: one batched matmul, exportable.
+    ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r, minimised over the M bank vectors: one batched matmul
+    (:func:`_ranking_distances`), exportable.
     """
     b, c, h, w = features.shape
     queries = local_average(features).permute(0, 2, 3, 1).reshape(b, -1, c)  # (B, H*W, C)
-    sq = (queries * queries).sum(-1) + ((bank * bank).sum(1)[None, None, :] - 2 * queries @ bank.T).amin(-1)
+    sq = (queries * queries).sum(-1) + _ranking_distances(queries, bank).amin(-1)  # (B, H*W)
     return sq.clamp_min(0).sqrt().view(b, 1, h, w)  # (B, H*W) -> (B, 1, H, W)
 
 
