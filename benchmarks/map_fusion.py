@@ -4,15 +4,16 @@
 
 The default map (``model.score_bank_size`` > 0) sums the z-scores of the decoder's logits (L) and of the two
 score banks' distance maps at strides 8 and 16 (8, 16), each standardised over the pixels of the run's
-held-out normal images, the stride-16 one at half weight (``model.bank_map_weights``). This script recomputes those parts, and one more, the norm of the residual to the
-nearest patch-bank vector at the head's finest scale (r4: stride 4, or stride 8 for a head without it; what
-the head's prototype matching already finds), standardises all of them the same way, and reports pixel AUROC
-and pixel AP of each candidate sum (some weight a part: 0.5x16 adds half the stride-16 z-score) on the test
-split minus the run's seen anomalies. Some candidates also blur the sum with a Gaussian (sigma in pixels at
-the model's size, kernel radius 3 sigma, as ``model.score_smoothing`` does for the score). The
-standardisation uses held-out normals only; the choice among candidates is what the test split judges, so a
-candidate is kept only if it wins on every category and seed. PRO is not computed (pixel-level only).
-Results: ``<results>/<name>.json`` and ``.md``. Nothing here is a target.
+held-out normal images, the stride-16 one at half weight (``model.bank_map_weights``). This script
+recomputes those parts, and one more, the norm of the residual to the nearest patch-bank vector at the head's
+finest scale (r4: stride 4, or stride 8 for a head without it; what the head's prototype matching already
+finds), standardises all of them the same way, and reports pixel AUROC and pixel AP of each candidate sum
+(some weight a part: 0.5x16 adds half the stride-16 z-score) on the test split minus the run's seen
+anomalies. Some candidates also blur the sum with a Gaussian (sigma in pixels at the model's size, kernel
+radius 3 sigma, as ``model.score_smoothing`` does for the score). The standardisation uses held-out normals
+only; the choice among candidates is what the test split judges, so a candidate is kept only if it wins on
+every category and seed. PRO is not computed (pixel-level only). Results: ``<results>/<name>.json`` and
+``.md``. Nothing here is a target.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ profiling on (the engine's own settings: spinning off, ``--threads`` threads), a
 per call. A node is put under the model part its operators came from (the exporter's module scope:
 ``encoder``, ``feature_fusion``, ``attention``, ...; nodes of PRN's own forward, such as the patch match and the
 score banks' distances, have no submodule and count as ``PRN (matching, banks, fusion, score)``; nodes that
-ONNX Runtime's optimiser made or renamed have no scope and are counted apart), and under its operator type. Kernel times leave out the session's own overhead, so their sum is below the wall time, which
-is reported beside it. Writes ``<results>/<name>.json`` and ``.md``; prints what it measured.
+ONNX Runtime's optimiser made or renamed have no scope and are counted apart), and under its operator type.
+Kernel times leave out the session's own overhead, so their sum is below the wall time, which is reported
+beside it. Writes ``<results>/<name>.json`` and ``.md``; prints what it measured.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import prnad
-from prnad.export import export_onnx
+from prnad.export import export_onnx, onnxruntime_options
 from prnad.utils import device_name
 from speed import random_model  # alongside this file
 
@@ -70,12 +72,7 @@ def profile(onnx_path: Path, size: int, *, threads: int, warmup: int, repeats: i
     """Per-call wall time and kernel time per node (ms), from a profiled ONNX Runtime session."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = onnxruntime_options(threads)  # the engine's own settings
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / "ort")
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -104,10 +101,11 @@ def profile(onnx_path: Path, size: int, *, threads: int, warmup: int, repeats: i
     }
 
 
-def _grouped(nodes: dict, parts: dict[str, str], key: str) -> dict[str, float]:
+def _grouped(nodes: dict, key: Callable[[str, dict], str]) -> dict[str, float]:
+    """Per-call ms summed by ``key(node name, node)``, largest first."""
     out: dict[str, float] = collections.defaultdict(float)
     for name, n in nodes.items():
-        out[part_of(name, parts) if key == "part" else n["op"]] += n["ms"]
+        out[key(name, n)] += n["ms"]
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
@@ -144,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/ort_profile.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "wall_ms_median": round(measured["wall_ms_median"], 3),
         "kernel_ms": round(sum(n["ms"] for n in nodes.values()), 3),
-        "by_part_ms": {k: round(v, 3) for k, v in _grouped(nodes, parts, "part").items()},
-        "by_op_ms": {k: round(v, 3) for k, v in _grouped(nodes, parts, "op").items()},
+        "by_part_ms": {k: round(v, 3) for k, v in _grouped(nodes, lambda name, _: part_of(name, parts)).items()},
+        "by_op_ms": {k: round(v, 3) for k, v in _grouped(nodes, lambda _, n: n["op"]).items()},
         "slowest_nodes": [
             {"node": n, "op": v["op"], "part": part_of(n, parts), "ms": round(v["ms"], 3)}
             for n, v in sorted(nodes.items(), key=lambda kv: -kv[1]["ms"])[: args.top]

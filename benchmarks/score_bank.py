@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         trained = prnad.load(run, device="cpu")
         kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
         before = kept or _figures(trained.evaluate())
-        after = _figures(prnad.load(out, device="cpu").evaluate())
+        copy = prnad.load(out, device="cpu")
+        after = _figures(copy.evaluate())
         data["runs"][str(run)] = {
             "category": Path(trained.config.data.root).name,
             "seed": trained.config.train.seed,
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             "size": args.size,
             "trained_bank_size": trained.config.model.score_bank_size,
             "trained_map_weights": list(trained.config.model.bank_map_weights),
-            "map_weights": list(args.map_weights or trained.config.model.bank_map_weights),
+            "map_weights": list(copy.config.model.bank_map_weights),
             "before": before,
             "after": after,
         }

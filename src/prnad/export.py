@@ -192,6 +192,19 @@ def _output(logits: np.ndarray, amap: np.ndarray, score: np.ndarray) -> PRNOutpu
     )
 
 
+def onnxruntime_options(threads: int | None = None) -> Any:
+    """The engine's ONNX Runtime session options: ``threads`` intra-op threads (default: torch's), one
+    inter-op thread, thread spinning off, every graph optimisation."""
+    ort = _import("onnxruntime", "onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class OnnxRuntimeEngine:
     """An exported graph run by ONNX Runtime on the CPU, thread spinning off (it would steal the cores of
     the image reading and of any other process); called like the PRN module, returns a PRNOutput."""
@@ -200,12 +213,7 @@ class OnnxRuntimeEngine:
 
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         ort = _import("onnxruntime", "onnxruntime")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = onnxruntime_options(threads)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a corrupt file
