@@ -41,7 +41,7 @@ def forward_parts(detector: prnad.Detector, images: np.ndarray) -> dict[str, np.
         x = torch.from_numpy(images[start : start + 8]).permute(0, 3, 1, 2).float().div(255)  # (b, 3, S, S)
         x = x.to(detector.device)
         logits.append(model(x).logits[:, 0].float().cpu())
-        *encoded, _ = model.encoder(x)
+        encoded = model.encoder(x, stages=3)
         residuals = model.residuals(model.head_features(encoded))  # per head scale (b, C_i, H_i, W_i)
         for i, r in enumerate(residuals):
             energy[i].append(r.sum(1).cpu())  # (b, H_i, W_i)

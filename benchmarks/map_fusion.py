@@ -68,7 +68,7 @@ def map_parts(model: PRN, images: np.ndarray, batch_size: int = 16) -> np.ndarra
     for start in range(0, len(images), batch_size):
         x = to_batch(images[start : start + batch_size], "cpu")  # (b, 3, S, S)
         logits, maps = infer.decode(x)  # (b, 1, S, S), 2 x (b, 1, H_i, W_i)
-        *encoded, _ = model.encoder(x)
+        encoded = model.encoder(x, stages=3)
         f = model.head_features(encoded)[0]  # (b, C, S/4, S/4)
         r4 = (f - nearest_patch(f, model.prototypes[0])).norm(dim=1, keepdim=True)  # (b, 1, S/4, S/4)
         r4 = F.interpolate(r4, size=logits.shape[-2:], mode="bilinear", align_corners=False)

@@ -47,7 +47,7 @@ def _before_encode_all(encoder, images: np.ndarray, device, batch_size: int) -> 
     per_scale: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float().div(255)
-        for i, f in enumerate(encoder(batch.to(device))[:3]):
+        for i, f in enumerate(encoder(batch.to(device), stages=3)):
             per_scale[i].append(f.cpu())
     return [torch.cat(maps) for maps in per_scale]
 
@@ -100,7 +100,7 @@ def measure_child(backbone: str, path: str, n_images: int, size: int, batch_size
     encoder = build_encoder(EncoderConfig(backbone=backbone, weights="random"))
     images = np.random.default_rng(0).integers(0, 256, (n_images, size, size, 3), dtype=np.uint8)
     with torch.no_grad():  # load kernels and thread pools before the baseline
-        shapes = [tuple(f.shape[1:]) for f in encoder(torch.rand(1, 3, size, size))[:3]]
+        shapes = [tuple(f.shape[1:]) for f in encoder(torch.rand(1, 3, size, size), stages=3)]
     m = ModelConfig()
     fit = compute_prototypes if path == "after" else before_compute_prototypes
     rss_before, peak_before = _rss_bytes(), _peak_rss_bytes()

@@ -2,7 +2,7 @@
 and a per-part profile of the PyTorch model.
 
     python benchmarks/speed.py --run runs/bottle/seed0                # a trained run (weights as trained)
-    python benchmarks/speed.py --config configs/mobilenet_v2_tf.yaml  # random weights, same shapes
+    python benchmarks/speed.py --config configs/mobilenet_v2_tf.yaml  # random head, the config's encoder weights
 
 Times are wall-clock per call (ms per image = per call / batch), median over ``--repeats`` after
 ``--warmup`` untimed calls, input already a float tensor (decoding excluded), on the threads torch has
@@ -84,11 +84,12 @@ def reduced_map_diff(model: PRN, engine: Callable, x: torch.Tensor) -> float:
 
 
 def random_model(config_path: str | None, prototypes: int, sets: list[str] = ()) -> tuple[PRN, int]:
-    """A PRN with random weights, ``prototypes`` random prototypes per scale (or ``model.patch_bank_size``
-    bank vectors with patch matching) and random score banks when the config asks for them (timing depends
-    on shapes only)."""
+    """A PRN with a random head, ``prototypes`` random prototypes per scale (or ``model.patch_bank_size`` bank
+    vectors with patch matching) and random score banks when the config asks for them. The encoder has the
+    weights the config names (a local file), random ones otherwise: timing depends on shapes, except that a
+    random encoder's activations can fall to denormal floats, which slow some kernels several-fold."""
     layers = [load_yaml(config_path) if config_path else {}, dotted_overrides(list(sets))]
-    config = build_config(*layers, {"model": {"encoder": {"weights": "random"}}})
+    config = build_config({"model": {"encoder": {"weights": "random"}}}, *layers)
     torch.manual_seed(0)
     encoder = build_encoder(config.model.encoder)
     size = config.data.image_size
@@ -103,14 +104,15 @@ def random_model(config_path: str | None, prototypes: int, sets: list[str] = ())
 
 
 class EncoderOnly(torch.nn.Module):
-    """The encoder's four maps as a tuple (an exportable graph)."""
+    """The encoder's maps that the model reads, as a tuple (an exportable graph)."""
 
     def __init__(self, model: PRN) -> None:
         super().__init__()
-        self.encoder = model.encoder
+        self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.encoder(images))
+        encoded, bottom = self.model.encoded(images)
+        return (*encoded, *([] if bottom is None else [bottom]))
 
 
 def _export_encoder(model: PRN, path: Path, size: int) -> Path:
@@ -188,7 +190,7 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
 
     logits = None
     for _ in range(warmup + repeats):
-        *encoded, bottom = timed("encoder", model.encoder, x)
+        encoded, bottom = timed("encoder", model.encoded, x)
         features = model.head_features(encoded)
         residuals = timed("prototype matching", model.residuals, features)
         distances = timed("score banks", model.distance_maps, encoded)  # distance maps, or None
@@ -297,8 +299,8 @@ def add_openvino_precisions(p: argparse.ArgumentParser) -> None:
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", help="trained run folder (default: random weights, --config's shapes)")
-    p.add_argument("--config", help="YAML config for the random-weights model (default: the defaults)")
+    p.add_argument("--run", help="trained run folder (default: a random head on --config's encoder)")
+    p.add_argument("--config", help="YAML config for the random-head model (default: the defaults)")
     p.add_argument("--prototypes", type=int, default=21, help="prototypes per scale of the random model")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the random model"
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, size = random_model(args.config, args.prototypes, args.set)
         sets = "".join(f", {item}" for item in args.set)
-        source, backbone = f"random weights ({args.config or 'defaults'}{sets})", None
+        source, backbone = f"random head ({args.config or 'defaults'}{sets})", None
     model = model.to(device).eval()
     engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
     skipped: dict[str, str] = {}

@@ -1,5 +1,5 @@
 """The default head without stride 4 (``model.head_scales: [1, 2]``): shapes, what it reads, training, export;
-and the spec's full head beside it."""
+the spec's full head beside it, and the fast head whose decoder starts at stride 16 (``model.decoder_bottom``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import prnad
 from prnad.config import EncoderConfig, ModelConfig
 from prnad.errors import ConfigError
 from prnad.model import build_encoder, build_prn
-from prnad.model.decoder import Decoder
+from prnad.model.decoder import Decoder, FirstBlock
+from prnad.model.prn import FrozenParts
 from tests.conftest import tiny_overrides
 
 
@@ -53,6 +54,37 @@ def test_the_head_never_reads_the_stride_4_map(monkeypatch):
     torch.testing.assert_close(after, before)  # NaN at stride 4 would spread to every pixel that read it
 
 
+def test_a_decoder_without_bottom_never_runs_the_stride_32_stage():
+    model = _model(head_scales=(1, 2), decoder_channels=(16, 8, 4), decoder_bottom=False)
+    assert isinstance(model.decoder.blocks[0], FirstBlock) and not model.decoder.has_bottom
+
+    def refuse(*_):
+        raise AssertionError("the stride-32 stage ran")
+
+    model.encoder.stages[3].register_forward_pre_hook(refuse)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        parts = model.encode(x)
+    assert out.logits.shape == (2, 1, 64, 64) and torch.isfinite(out.logits).all()
+    assert parts.bottom is None and len(parts.tensors()) == 4  # 2 features, 2 residuals
+    torch.testing.assert_close(model.head(parts, (64, 64)), out.decoder_logits)
+
+
+@pytest.mark.parametrize("bottom", [True, False])
+def test_frozen_parts_round_trip_through_a_flat_list(bottom: bool):
+    features, residuals = (
+        [torch.rand(1, 2, 4, 4), torch.rand(1, 3, 2, 2)],
+        [torch.rand(1, 2, 4, 4), torch.rand(1, 3, 2, 2)],
+    )
+    parts = FrozenParts(features=features, residuals=residuals, bottom=torch.rand(1, 5, 1, 1) if bottom else None)
+    again = FrozenParts.from_tensors(parts.tensors())
+    assert len(parts.tensors()) == 4 + bottom
+    for a, b in zip(again.tensors(), parts.tensors(), strict=True):
+        assert a is b
+    assert (again.bottom is None) == (not bottom)
+
+
 def test_decoder_widths_match_its_skips():
     with pytest.raises(ValueError, match="one decoder width per skip"):
         Decoder(bottom_channels=8, skip_channels=(4, 4), channels=(8, 8, 8))
@@ -60,12 +92,20 @@ def test_decoder_widths_match_its_skips():
         ModelConfig(head_scales=(0, 1))
 
 
-@pytest.mark.parametrize("scales", [([1, 2], [2]), ([0, 1, 2], [0, 1, 2])], ids=["default-light", "spec-full"])
-def test_either_head_trains_saves_loads_and_exports(tiny_category: Path, tmp_path: Path, scales):
-    """The default light head and the spec's full head (``head_scales``, ``msa_scales``), end to end."""
-    head, msa = scales
+HEADS = {
+    "default-light": {"head_scales": [1, 2], "msa_scales": [2]},
+    "spec-full": {"head_scales": [0, 1, 2], "msa_scales": [0, 1, 2]},
+    "fast": {"head_scales": [1, 2], "msa_scales": [2], "decoder_bottom": False, "msa_blocks": 1},
+}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_trains_saves_loads_and_exports(tiny_category: Path, tmp_path: Path, name: str):
+    """The default light head, the spec's full head (``head_scales``, ``msa_scales``) and the fast head
+    (``decoder_bottom`` false, one MSA block), end to end."""
+    head, msa = HEADS[name]["head_scales"], HEADS[name]["msa_scales"]
     values = tiny_overrides(tiny_category)
-    values["model"].update(head_scales=head, msa_scales=msa)
+    values["model"].update(HEADS[name])
     detector = prnad.train(tiny_category, tmp_path / "run", overrides=values)
     assert len(detector.model.prototypes) == len(head)
     assert [len(m.blocks) > 0 for m in detector.model.attention] == [i in msa for i in head]
@@ -75,3 +115,31 @@ def test_either_head_trains_saves_loads_and_exports(tiny_category: Path, tmp_pat
     assert second.score == pytest.approx(first.score, abs=1e-9)
     exported = prnad.load(tmp_path / "run", device="cpu", engine="onnxruntime").predict(image)
     assert abs(exported.anomaly_map - first.anomaly_map).max() < 1e-3
+
+
+def test_a_checkpoint_from_before_decoder_bottom_loads_with_a_bottom(tmp_path: Path):
+    """A stored config without model.decoder_bottom was written when every decoder started at stride 32."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from prnad.checkpoint import load_checkpoint, save_checkpoint
+    from prnad.config import RunConfig, from_dict, to_dict
+
+    model = _model(decoder_channels=(16, 8, 4))
+    values = to_dict(RunConfig())
+    values["model"].update(to_dict(ModelConfig(encoder=EncoderConfig(backbone="resnet18", weights="random"))))
+    values["model"].update(prototype_match="map", score_bank_size=0, decoder_channels=[16, 8, 4])
+    path = save_checkpoint(tmp_path / "new.safetensors", model=model, config=from_dict(RunConfig, values), iteration=1)
+    with safe_open(path, "pt") as f:
+        header = f.metadata()
+    stored = json.loads(header["config"])
+    del stored["model"]["decoder_bottom"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(path), old, metadata={**header, "config": json.dumps(stored)})
+    loaded = load_checkpoint(old)
+    assert loaded.config.model.decoder_bottom and loaded.model.decoder.has_bottom
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x).logits, model(x).logits)

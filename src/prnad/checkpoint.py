@@ -147,6 +147,7 @@ _OLD_MODEL_DEFAULTS = {
     "head_scales": [0, 1, 2],  # the light head (1, 2) became the default after these keys were written
     "msa_scales": [0, 1, 2],
     "bank_map_weights": [1.0, 1.0],  # the stride-16 map at half weight became the default later
+    "decoder_bottom": True,  # every checkpoint written before the key had a decoder starting at stride 32
 }
 
 

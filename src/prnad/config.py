@@ -120,6 +120,9 @@ class ModelConfig:
     msa_head_dim: int = 64  # heads = max(1, channels // head_dim)
     # at strides 16, 8, 4; a head without stride 4 (head_scales (1, 2)) uses the first two
     decoder_channels: tuple[int, int, int] = (128, 64, 32)
+    # [C] the decoder starts from the encoder's stride-32 map (the figure's bottom). False: it starts from the
+    # stride-16 fused map alone and the encoder stops at stride 16 (a faster head: docs/DESIGN.md)
+    decoder_bottom: bool = True
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
     # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the

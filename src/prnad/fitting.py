@@ -39,7 +39,7 @@ def encode_normals(
     scales: list[torch.Tensor] = []
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        maps = encoder(to_batch(normals[start:stop], device))[:3]  # 3 x (b, C_i, H_i, W_i)
+        maps = encoder(to_batch(normals[start:stop], device), stages=3)  # 3 x (b, C_i, H_i, W_i)
         if not scales:
             scales = [torch.empty(n, *f.shape[1:], dtype=torch.float32) for f in maps]
         for out, f in zip(scales, maps, strict=True):

@@ -43,7 +43,9 @@ def build_prn(
         attention=attention,
         output_fusion=MultiScaleFusion(channels=joint),
         decoder=Decoder(
-            bottom_channels=encoder.channels[3], skip_channels=joint, channels=config.decoder_channels[: len(scales)]
+            bottom_channels=encoder.channels[3] if config.decoder_bottom else None,
+            skip_channels=joint,
+            channels=config.decoder_channels[: len(scales)],
         ),
         residual_kind=config.residual,
         topk=config.topk,

@@ -262,10 +262,11 @@ class Encoder(_Frozen):
         self.reductions = tuple(reductions)
         self._freeze()
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, stages: int | None = None) -> list[torch.Tensor]:
+        """The maps of the first ``stages`` stages (all four by default), fine to coarse."""
         x = self._normalise(images)
         features = []
-        for stage in self.stages:
+        for stage in self.stages[: len(self.stages) if stages is None else stages]:
             x = stage(x)
             features.append(x)
         return features

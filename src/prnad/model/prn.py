@@ -54,20 +54,22 @@ class PRNOutput:
 class FrozenParts:
     """What PRN's head reads of a batch, none of it trained: per head scale (fine to coarse) the encoder's map
     ``features`` (B, C_i, H_i, W_i) and its ``residuals`` to the nearest prototype (same shapes), and the
-    encoder's ``bottom`` map (B, C_4, S/32, S/32)."""
+    encoder's ``bottom`` map (B, C_4, S/32, S/32), None for a decoder without one."""
 
     features: list[torch.Tensor]
     residuals: list[torch.Tensor]
-    bottom: torch.Tensor
+    bottom: torch.Tensor | None
 
     def tensors(self) -> list[torch.Tensor]:
-        """Every tensor, in a fixed order (features, residuals, bottom); :meth:`from_tensors` inverts it."""
-        return [*self.features, *self.residuals, self.bottom]
+        """Every tensor, in a fixed order (features, residuals, then bottom if any); :meth:`from_tensors`
+        inverts it (features and residuals come in equal numbers, so an odd count means a bottom)."""
+        return [*self.features, *self.residuals, *([] if self.bottom is None else [self.bottom])]
 
     @classmethod
     def from_tensors(cls, tensors: list[torch.Tensor]) -> FrozenParts:
-        n = (len(tensors) - 1) // 2
-        return cls(features=list(tensors[:n]), residuals=list(tensors[n : 2 * n]), bottom=tensors[-1])
+        n = len(tensors) // 2
+        bottom = tensors[-1] if len(tensors) % 2 else None
+        return cls(features=list(tensors[:n]), residuals=list(tensors[n : 2 * n]), bottom=bottom)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -230,7 +232,7 @@ class PRN(nn.Module):
         """The decoder's logits (B, 1, S, S) and the score banks' distance maps (or None) of ``images``."""
         _check_images(images)
         with torch.no_grad():
-            *encoded, bottom = self.encoder(images)  # 3 x (B, C_i, H_i, W_i), (B, C_4, S/32, S/32)
+            encoded, bottom = self.encoded(images)
             maps = self.distance_maps(encoded)  # n_banks x (B, 1, H_i, W_i) or None
             parts = self._frozen(encoded, bottom)
         return self.head(parts, images.shape[-2:]), maps
@@ -240,10 +242,17 @@ class PRN(nn.Module):
         training never changes (the encoder, the prototypes), so it can be computed once per image."""
         _check_images(images)
         with torch.no_grad():
-            *encoded, bottom = self.encoder(images)
-            return self._frozen(encoded, bottom)
+            return self._frozen(*self.encoded(images))
 
-    def _frozen(self, encoded: list[torch.Tensor], bottom: torch.Tensor) -> FrozenParts:
+    def encoded(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The encoder's first three maps (B, C_i, H_i, W_i) and its stride-32 map (B, C_4, S/32, S/32), which
+        is computed only for a decoder that reads it (None otherwise)."""
+        if not self.decoder.has_bottom:
+            return self.encoder(images, stages=3), None
+        *encoded, bottom = self.encoder(images)
+        return encoded, bottom
+
+    def _frozen(self, encoded: list[torch.Tensor], bottom: torch.Tensor | None) -> FrozenParts:
         features = self.head_features(encoded)  # one map per head scale
         return FrozenParts(features=features, residuals=self.residuals(features), bottom=bottom)
 
