@@ -1,7 +1,7 @@
 """Benchmark: where ONNX Runtime spends the whole PRN's time, per model part and per operator, batch 1.
 
     python benchmarks/ort_profile.py --run runs/bench_bottle/seed0
-    python benchmarks/ort_profile.py --config configs/mobilenet_v2_tf.yaml   # random weights, same shapes
+    python benchmarks/ort_profile.py --config configs/mobilenet_v2_tf.yaml   # random head, the config's encoder weights
 
 ``benchmarks/speed.py`` profiles the PyTorch model part by part; the fastest engine runs an optimised graph
 whose costs differ (fused convolutions, other matmul kernels). This exports the model as ``prnad export``
@@ -111,8 +111,8 @@ def _grouped(nodes: dict, key: Callable[[str, dict], str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", help="trained run folder (default: random weights, --config's shapes)")
-    p.add_argument("--config", help="YAML config for the random-weights model (default: the defaults)")
+    p.add_argument("--run", help="trained run folder (default: a random head on --config's encoder)")
+    p.add_argument("--config", help="YAML config for the random-head model (default: the defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (random model)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--warmup", type=int, default=5)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, size, source = detector.model, detector.image_size, args.run
     else:
         model, size = random_model(args.config, 21, args.set)
-        source = f"random weights ({args.config or 'defaults'}{''.join(', ' + s for s in args.set)})"
+        source = f"random head ({args.config or 'defaults'}{''.join(', ' + s for s in args.set)})"
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model.cpu().eval(), Path(tmp) / "model.onnx", image_size=size)
         measured = profile(path, size, threads=args.threads, warmup=args.warmup, repeats=args.repeats, folder=Path(tmp))
