@@ -30,6 +30,15 @@ SPEC: dict[str, object] = {
     "model.head_scales": [0, 1, 2],
     "model.msa_scales": [0, 1, 2],
 }
+FAST: dict[str, object] = {
+    "model.prototype_match": "patch",
+    "model.score_bank_size": 4096,
+    "model.head_scales": [1, 2],
+    "model.msa_scales": [2],
+    "model.decoder_bottom": False,
+    "model.decoder_channels": [64, 32, 16],
+    "model.msa_blocks": 1,
+}
 CHANGES: dict[str, dict[str, object]] = {
     "baseline": {},
     "location": {"model.prototype_match": "location"},  # nearest prototype per location, not per map
@@ -68,26 +77,9 @@ CHANGES: dict[str, dict[str, object]] = {
     },
     # a faster head (issue: deploy on the line): the decoder starts at stride 16 (the encoder stops there), half
     # the decoder widths, one MSA block
-    "patch_bank_fast": {
-        "model.prototype_match": "patch",
-        "model.score_bank_size": 4096,
-        "model.head_scales": [1, 2],
-        "model.msa_scales": [2],
-        "model.decoder_bottom": False,
-        "model.decoder_channels": [64, 32, 16],
-        "model.msa_blocks": 1,
-    },
+    "patch_bank_fast": FAST,
     # the same with 512 patch-bank vectors per scale instead of 1024
-    "patch_bank_fast_bank512": {
-        "model.prototype_match": "patch",
-        "model.score_bank_size": 4096,
-        "model.head_scales": [1, 2],
-        "model.msa_scales": [2],
-        "model.decoder_bottom": False,
-        "model.decoder_channels": [64, 32, 16],
-        "model.msa_blocks": 1,
-        "model.patch_bank_size": 512,
-    },
+    "patch_bank_fast_bank512": {**FAST, "model.patch_bank_size": 512},
 }
 CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,17 @@ def textures(tmp_path: Path) -> Path:
 @pytest.fixture()
 def tiny_config(tiny_category: Path):
     return build_config(tiny_overrides(tiny_category))
+
+
+def without_model_key(checkpoint: Path, key: str, out: Path) -> Path:
+    """A copy of ``checkpoint`` at ``out`` whose stored config lacks ``model.<key>``: a checkpoint as written
+    before that key existed."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(checkpoint, "pt") as f:
+        header = f.metadata()
+    stored = json.loads(header["config"])
+    del stored["model"][key]
+    save_file(load_file(checkpoint), out, metadata={**header, "config": json.dumps(stored)})
+    return out

@@ -18,7 +18,7 @@ from prnad.fitting import compute_score_banks
 from prnad.model import build_encoder, build_prn
 from prnad.model.prn import SCORE_SCALES, fused_for_inference, topk_score
 from prnad.model.prototypes import nearest_distance_map
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, without_model_key
 
 
 def test_nearest_distance_map_is_the_brute_force_one():
@@ -137,11 +137,6 @@ def test_bank_map_weights_weigh_the_maps_and_are_checked():
 def test_a_banked_checkpoint_from_before_map_weights_loads_with_equal_weights(tmp_path: Path):
     """A stored config without model.bank_map_weights was made when both banks' maps weighed 1 (the default
     of then), not today's."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     from prnad.checkpoint import load_checkpoint, save_checkpoint
     from prnad.config import RunConfig, from_dict, to_dict
 
@@ -151,13 +146,7 @@ def test_a_banked_checkpoint_from_before_map_weights_loads_with_equal_weights(tm
     values["model"].update(to_dict(_banked_model_config()), bank_map_weights=[1.0, 1.0])
     config = from_dict(RunConfig, values)
     path = save_checkpoint(tmp_path / "new.safetensors", model=model, config=config, iteration=1)
-    with safe_open(path, "pt") as f:
-        header = f.metadata()
-    stored = json.loads(header["config"])
-    del stored["model"]["bank_map_weights"]
-    old = tmp_path / "old.safetensors"
-    save_file(load_file(path), old, metadata={**header, "config": json.dumps(stored)})
-    loaded = load_checkpoint(old)
+    loaded = load_checkpoint(without_model_key(path, "bank_map_weights", tmp_path / "old.safetensors"))
     assert loaded.config.model.bank_map_weights == (1.0, 1.0) == loaded.model.bank_map_weights
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
