@@ -122,8 +122,8 @@ class ModelConfig:
     decoder_channels: tuple[int, int, int] = (128, 64, 32)
     # [C] the decoder starts from the encoder's stride-32 map (the figure's bottom). False: from the stride-16
     # fused map alone, and the encoder stops at stride 16; with decoder_channels (64, 32, 16) and msa_blocks 1
-    # the fast head of docs/DESIGN.md (about 4 ms less in ONNX Runtime; on bottle and screw it lost 0.5-0.8
-    # points of pixel AP, so it is not the default)
+    # the fast head of docs/DESIGN.md (ONNX Runtime kernels 15.9 ms against 21.8 on bottle; on bottle and screw
+    # it lost 0.5-0.8 points of pixel AP, so it is not the default)
     decoder_bottom: bool = True
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K

@@ -1,10 +1,10 @@
 """U-Net-like decoder: from the encoder's stride-32 map up to the full-resolution anomaly map.
 
 At each skip's stride (16, 8, 4, or 16, 8 for a head without stride 4): upsample x2 + conv, concatenate the
-fused map of that stride, two conv-BN-ReLU. Without the stride-32 map (``bottom_channels`` None) the block at
-stride 16 is two conv-BN-ReLU on the fused stride-16 map alone. Then a 1x1 conv to one logit channel and a bilinear upsample to
-the image size. A 1x1 conv and bilinear interpolation are both linear and commute exactly, so this equals
-the figure's "upsample, then conv" while convolving 16x (or 64x) fewer pixels.
+fused map of that stride, two conv-BN-ReLU. Without the stride-32 map (``bottom_channels`` None) the block
+at stride 16 is two conv-BN-ReLU on the fused stride-16 map alone. Then a 1x1 conv to one logit channel and a
+bilinear upsample to the image size. A 1x1 conv and bilinear interpolation are both linear and commute
+exactly, so this equals the figure's "upsample, then conv" while convolving 16x (or 64x) fewer pixels.
 """
 
 from __future__ import annotations

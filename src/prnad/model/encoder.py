@@ -266,7 +266,7 @@ class Encoder(_Frozen):
         """The maps of the first ``stages`` stages (all four by default), fine to coarse."""
         x = self._normalise(images)
         features = []
-        for stage in self.stages[: len(self.stages) if stages is None else stages]:
+        for stage in self.stages[:stages]:  # [:None]: every stage
             x = stage(x)
             features.append(x)
         return features
