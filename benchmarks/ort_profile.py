@@ -1,7 +1,8 @@
-"""Benchmark: where ONNX Runtime spends the whole PRN's time, per model part and per operator, batch 1.
+"""Benchmark: where ONNX Runtime (or OpenVINO) spends the whole PRN's time, per model part and operator, batch 1.
 
     python benchmarks/ort_profile.py --run runs/bench_bottle/seed0
     python benchmarks/ort_profile.py --config configs/mobilenet_v2_tf.yaml   # random head, the config's encoder weights
+    python benchmarks/ort_profile.py --run runs/bench_bottle/seed0 --engine openvino --name ov_profile
 
 ``benchmarks/speed.py`` profiles the PyTorch model part by part; the fastest engine runs an optimised graph
 whose costs differ (fused convolutions, other matmul kernels). This exports the model as ``prnad export``
@@ -12,7 +13,10 @@ per call. A node is put under the model part its operators came from (the export
 score banks' distances, have no submodule and count as ``PRN (matching, banks, fusion, score)``; nodes that
 ONNX Runtime's optimiser made or renamed have no scope and are counted apart), and under its operator type.
 Kernel times leave out the session's own overhead, so their sum is below the wall time, which is reported
-beside it. Writes ``<results>/<name>.json`` and ``.md``; prints what it measured.
+beside it. ``--engine openvino`` compiles the same ONNX graph as the OpenVINO engine does (float32, latency
+mode, ``--threads`` threads) with its per-node performance counters on; OpenVINO keeps the ONNX node names on
+the nodes it fuses them into, so they fall under the same parts (its operator names are its own:
+``FullyConnected`` for a MatMul, ``Interpolate`` for a Resize). Writes ``<results>/<name>.json`` and ``.md``; prints what it measured.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from speed import random_model  # alongside this file
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 OWN = "PRN (matching, banks, fusion, score)"
-RENAMED = "nodes ONNX Runtime made (layout reorders, fusions it names anew)"
+RENAMED = "nodes the engine made (layout reorders, fusions it names anew)"
+ENGINE_TITLES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO (float32)"}
 
 
 def node_parts(onnx_path: Path) -> dict[str, str]:
@@ -101,6 +106,35 @@ def profile(onnx_path: Path, size: int, *, threads: int, warmup: int, repeats: i
     }
 
 
+def profile_openvino(onnx_path: Path, size: int, *, threads: int, warmup: int, repeats: int) -> dict:
+    """Per-call wall time and time per node (ms) from OpenVINO's performance counters, float32 as the engine."""
+    import openvino as ov
+
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads,
+        "PERF_COUNT": True,
+    }
+    request = ov.Core().compile_model(str(onnx_path), "CPU", config).create_infer_request()
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    for _ in range(warmup):
+        request.infer({"images": x})
+    wall, nodes, ops = [], collections.defaultdict(float), {}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        request.infer({"images": x})
+        wall.append(1000 * (time.perf_counter() - start))
+        for info in request.get_profiling_info():  # this call's counters, one entry per executed node
+            nodes[info.node_name] += info.real_time.total_seconds() * 1000
+            ops[info.node_name] = info.node_type
+    return {
+        "wall_ms_median": statistics.median(wall),
+        "calls_profiled": repeats,
+        "nodes": {n: {"ms": ms / repeats, "op": ops[n]} for n, ms in nodes.items() if ms > 0},
+    }
+
+
 def _grouped(nodes: dict, key: Callable[[str, dict], str]) -> dict[str, float]:
     """Per-call ms summed by ``key(node name, node)``, largest first."""
     out: dict[str, float] = collections.defaultdict(float)
@@ -120,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top", type=int, default=15, help="slowest nodes listed")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--name", default="ort_profile")
+    p.add_argument("--engine", choices=("onnxruntime", "openvino"), default="onnxruntime")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.run:
@@ -130,10 +165,15 @@ def main(argv: list[str] | None = None) -> dict:
         source = f"random head ({args.config or 'defaults'}{''.join(', ' + s for s in args.set)})"
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model.cpu().eval(), Path(tmp) / "model.onnx", image_size=size)
-        measured = profile(path, size, threads=args.threads, warmup=args.warmup, repeats=args.repeats, folder=Path(tmp))
+        timing = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
+        if args.engine == "openvino":
+            measured = profile_openvino(path, size, **timing)
+        else:
+            measured = profile(path, size, **timing, folder=Path(tmp))
         parts = node_parts(path)
     nodes = measured["nodes"]
     data = {
+        "engine": args.engine,
         "device": device_name(torch.device("cpu")),
         "threads": args.threads,
         "date": dt.date.today().isoformat(),
@@ -157,7 +197,8 @@ def write(folder: Path, name: str, data: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     total = data["kernel_ms"]
-    lines = [f"# ONNX Runtime profile, batch 1 ({data['device']}, {data['threads']} threads, {data['date']})", ""]
+    engine = ENGINE_TITLES[data.get("engine", "onnxruntime")]
+    lines = [f"# {engine} profile, batch 1 ({data['device']}, {data['threads']} threads, {data['date']})", ""]
     lines += [f"Model: {data['model']} ({data['image_size']} px). Command: `{data['command']}`", ""]
     lines += [
         f"Wall time per call (median): {data['wall_ms_median']:.2f} ms; kernel time per call: {total:.2f} ms.",

@@ -2,13 +2,15 @@
 
     python benchmarks/score_bank.py runs/bench_screw_cpu_patch/seed0 runs/bench_bottle_cpu_patch/seed0 --size 4096
     python benchmarks/score_bank.py runs/bench_screw/seed0 --size 4096 --map-weights 1 0.5 --name map_weights
+    python benchmarks/score_bank.py runs/ablation/bottle_patch_bank_fast/seed0 --query-stride 16 --name bank_query
 
 The banks only enter the image score, never the loss, so a run trained without them gives exactly the
 network that training with them would give; what training adds at its end is done here by the same function
 (``fit_score_and_thresholds``: banks from the run's trained normals, standardisation on its held-out
 normals, thresholds refitted on the combined score). Each run is copied to ``<run>_bank<size>`` with
 ``model.score_bank_size`` set (and ``model.bank_map_weights`` with ``--map-weights``: the weights of the banks'
-maps in the fused map, which never enter the loss either; the copy is then ``<run>_bank<size>_w<w8>-<w16>``),
+maps in the fused map, which never enter the loss either; the copy is then ``<run>_bank<size>_w<w8>-<w16>``;
+and ``model.bank_query_stride`` with ``--query-stride``, the grid the banks are queried on: ``..._q<stride>``),
 and both are evaluated through the API; the figures before and after go into
 ``<results>/score_bank.json`` and ``score_bank.md``. Nothing here is a target: it prints what it measured.
 """
@@ -39,14 +41,24 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
 
 
-def with_score_banks(run: Path, size: int, out: Path, map_weights: tuple[float, float] | None = None) -> Path:
+def with_score_banks(
+    run: Path,
+    size: int,
+    out: Path,
+    map_weights: tuple[float, float] | None = None,
+    query_stride: int | None = None,
+) -> Path:
     """Copy the finished ``run`` to ``out`` with score banks of ``size`` (and the banks' ``map_weights`` in the
-    fused map, or the run's own), as training would have made them."""
+    fused map and their ``query_stride``, or the run's own), as training would have made them."""
     ckpt = load_checkpoint(RunPaths(run).model)
     weights = tuple(map_weights) if map_weights is not None else ckpt.config.model.bank_map_weights
-    model_config = dataclasses.replace(ckpt.config.model, score_bank_size=size, bank_map_weights=weights)
+    stride = query_stride or ckpt.config.model.bank_query_stride
+    model_config = dataclasses.replace(
+        ckpt.config.model, score_bank_size=size, bank_map_weights=weights, bank_query_stride=stride
+    )
     config = dataclasses.replace(ckpt.config, model=model_config)
     ckpt.model.bank_map_weights = tuple(float(w) for w in weights)
+    ckpt.model.set_bank_query_stride(stride)
     category, seen = _validated_split(config)
     pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     if calibration is None or info["seen_anomalies"] != ckpt.info["seen_anomalies"]:
@@ -78,7 +90,10 @@ def _before_label(r: dict) -> str:
 
 
 def _after_label(r: dict) -> str:
-    return f"banks {r['size']}{_weights(r.get('map_weights'))}"
+    stride = r.get("query_stride", 8)
+    return f"banks {r['size']}{_weights(r.get('map_weights'))}" + (
+        f", queried every {stride} px" if stride != 8 else ""
+    )
 
 
 def _weights(weights: list[float] | None) -> str:
@@ -153,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("W8", "W16"),
         help="model.bank_map_weights of the copy (the run's own if not given)",
     )
+    p.add_argument(
+        "--query-stride",
+        type=int,
+        choices=(8, 16),
+        help="model.bank_query_stride of the copy (the run's own if not given)",
+    )
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="score_bank")
     p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
@@ -177,8 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     for run in args.runs:
         suffix = f"_w{args.map_weights[0]:g}-{args.map_weights[1]:g}" if args.map_weights else ""
+        suffix += f"_q{args.query_stride}" if args.query_stride else ""
         out = run.with_name(f"{run.name}_bank{args.size}{suffix}")
-        with_score_banks(run, args.size, out, args.map_weights)
+        with_score_banks(run, args.size, out, args.map_weights, args.query_stride)
         trained = prnad.load(run, device="cpu")
         kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
         before = kept or _figures(trained.evaluate())
@@ -193,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             "trained_bank_size": trained.config.model.score_bank_size,
             "trained_map_weights": list(trained.config.model.bank_map_weights),
             "map_weights": list(copy.config.model.bank_map_weights),
+            "query_stride": copy.config.model.bank_query_stride,
             "before": before,
             "after": after,
         }

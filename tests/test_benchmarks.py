@@ -99,17 +99,20 @@ def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatc
     assert "model.head_scales=[1,2]" in data["model"] and (tmp_path / "speed.md").is_file()
 
 
-def test_ort_profile_puts_the_kernel_time_under_the_models_parts(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_ort_profile_puts_the_kernel_time_under_the_models_parts(tmp_path: Path, monkeypatch, engine: str):
     """benchmarks/ort_profile.py: per-part and per-operator times sum to the same kernel time, the encoder's
-    convolutions are found under the encoder, and the score banks' distances under PRN's own code."""
-    pytest.importorskip("onnxruntime")
+    convolutions are found under the encoder, and the score banks' distances under PRN's own code; in either
+    engine."""
+    pytest.importorskip(engine)
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import ort_profile
 
     sets = ["data.image_size=64", "model.encoder.backbone=resnet18", "model.score_bank_size=8"]
     sets += ["model.decoder_channels=[8,8,8]"]
-    args = ["--repeats", "2", "--warmup", "1", "--results", str(tmp_path)]
+    args = ["--repeats", "2", "--warmup", "1", "--results", str(tmp_path), "--engine", engine]
     data = ort_profile.main(args + [item for s in sets for item in ("--set", s)])
+    assert data["engine"] == engine
     assert sum(data["by_part_ms"].values()) == pytest.approx(data["kernel_ms"], abs=0.01)
     assert sum(data["by_op_ms"].values()) == pytest.approx(data["kernel_ms"], abs=0.01)
     assert data["by_part_ms"]["encoder"] > 0 and data["by_part_ms"][ort_profile.OWN] > 0

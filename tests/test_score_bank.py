@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -218,3 +219,34 @@ def test_banks_added_to_a_trained_run_equal_training_with_them(tiny_category: Pa
     assert np.abs(expected - before).max() > 1e-4
     np.testing.assert_allclose(reweighed.predict([image])[0].anomaly_map, expected, atol=1e-6)
     assert "| banks 16, map weights 1 / 0 |" in (tmp_path / "results" / "w.md").read_text()
+
+
+def test_a_coarser_query_grid_takes_every_other_location_of_the_full_map():
+    g = torch.Generator().manual_seed(1)
+    features, bank = torch.randn(2, 8, 8, 6, generator=g), torch.randn(40, 8, generator=g)
+    full = nearest_distance_map(features, bank)  # (2, 1, 8, 6)
+    coarse = nearest_distance_map(features, bank, step=2)
+    assert coarse.shape == (2, 1, 4, 3)
+    torch.testing.assert_close(coarse, full[..., ::2, ::2], rtol=1e-5, atol=1e-5)
+
+
+def test_bank_query_stride_16_queries_the_stride_8_bank_on_the_stride_16_grid(tmp_path: Path):
+    model = _banked_model()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        encoded = model.encoder(x)[:3]
+        full = model.distance_maps(encoded)  # (2, 1, 8, 8) at stride 8, (2, 1, 4, 4) at stride 16
+        model.set_bank_query_stride(16)
+        coarse = model.distance_maps(encoded)
+        out = model(x)
+    assert [tuple(m.shape) for m in coarse] == [(2, 1, 4, 4), (2, 1, 4, 4)]
+    torch.testing.assert_close(coarse[0], full[0][..., ::2, ::2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(coarse[1], full[1])  # the stride-16 bank keeps its own grid
+    got = OnnxRuntimeEngine(export_onnx(model, tmp_path / "m.onnx", image_size=64))(x)
+    torch.testing.assert_close(got.logits, out.logits, rtol=1e-4, atol=1e-3)  # the coarse grid is in the graph
+    with pytest.raises(ValueError, match="bank_query_stride"):
+        model.set_bank_query_stride(4)
+    with pytest.raises(ConfigError, match="bank_query_stride"):
+        ModelConfig(bank_query_stride=12)
+    config = dataclasses.replace(_banked_model_config(), bank_query_stride=16)
+    assert build_prn(config, prototypes=list(model.prototypes), score_banks=model.score_banks).bank_steps == (2, 1)

@@ -148,6 +148,7 @@ _OLD_MODEL_DEFAULTS = {
     "msa_scales": [0, 1, 2],
     "bank_map_weights": [1.0, 1.0],  # the stride-16 map at half weight became the default later
     "decoder_bottom": True,  # every checkpoint written before the key had a decoder starting at stride 32
+    "bank_query_stride": 8,  # and queried its banks at every location of their own scale
 }
 
 

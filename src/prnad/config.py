@@ -146,6 +146,10 @@ class ModelConfig:
     # benchmarks/results/map_fusion_weights.md), it keeps pixel AUROC and gains pixel AP (docs/DESIGN.md).
     # Unused without banks.
     bank_map_weights: tuple[float, float] = (1.0, 0.5)
+    # [C] the grid, in input pixels, on which the score banks are queried: 8 queries each bank at every location
+    # of its own scale; 16 queries the stride-8 bank at every other location (3x3 averages taken with stride 2),
+    # a quarter of its distances, its map upsampled from S/16. Unused without banks.
+    bank_query_stride: int = 8
 
     def __post_init__(self) -> None:
         _check(
@@ -194,6 +198,11 @@ class ModelConfig:
             len(self.bank_map_weights) == 2 and all(w >= 0 for w in self.bank_map_weights),
             "model.bank_map_weights",
             f"must be two weights >= 0 (strides 8 and 16), got {list(self.bank_map_weights)}",
+        )
+        _check(
+            self.bank_query_stride in (8, 16),
+            "model.bank_query_stride",
+            f"must be 8 or 16, got {self.bank_query_stride}",
         )
 
 

@@ -38,7 +38,8 @@ ENGINE_PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",)
 OPSET = 18
 # What the exported graph computes beyond the weights; a cached export made with another is made again.
 # 2: the patch match blends the two nearest bank vectors at near-ties (continuous across them).
-GRAPH_VERSION = 2
+# 3: bilinear upsampling to the image size as matmuls; the top-K score takes the sigmoid of the top-K logits.
+GRAPH_VERSION = 3
 INPUT, OUTPUTS = "images", ("logits", "anomaly_map", "score")
 
 
@@ -51,17 +52,21 @@ class ExportGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, maps = self.model.decode(images)  # the decoder's (B, 1, S, S); float32 throughout
-        decoder_map = torch.sigmoid(logits)
-        ranked = (
-            gaussian_blur(decoder_map, self.model.score_smoothing) if self.model.score_smoothing > 0 else decoder_map
-        )
-        flat = ranked.flatten(1)  # (B, S*S)
-        score = flat.topk(min(self.model.topk, flat.shape[1]), dim=1).values.mean(1)  # (B,) float32
+        score = self._topk_score(logits)  # (B,) float32
         if maps is None:
-            return logits, decoder_map, score
+            return logits, torch.sigmoid(logits), score
         fused = self.model.fused_logits(logits, maps)
         score = self.model.combined_score(score, self.model.largest_distances(maps))  # (B,) float32
         return fused, torch.sigmoid(fused), score
+
+    def _topk_score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The mean of the top-K pixels of sigmoid(logits), (B, 1, S, S) -> (B,) float32: the sigmoid of the top-K
+        logits alone (it is increasing), not of the whole map, unless the map is smoothed first."""
+        k = min(self.model.topk, logits[0].numel())
+        if self.model.score_smoothing > 0:
+            smoothed = gaussian_blur(torch.sigmoid(logits), self.model.score_smoothing)  # (B, 1, S, S)
+            return smoothed.flatten(1).topk(k, dim=1).values.mean(1)
+        return torch.sigmoid(logits.flatten(1).topk(k, dim=1).values).mean(1)  # (B, k) -> (B,)
 
 
 def _modes(model: nn.Module) -> dict[str, bool]:

@@ -54,4 +54,5 @@ def build_prn(
         score_smoothing=config.score_smoothing,
         score_banks=score_banks,
         bank_map_weights=config.bank_map_weights,
+        bank_query_stride=config.bank_query_stride,
     )

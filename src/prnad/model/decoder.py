@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prnad.model.resize import resized
+
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
@@ -69,4 +71,4 @@ class Decoder(nn.Module):
         for block, skip in zip(self.blocks, reversed(skips), strict=True):
             x = block(x, skip)
         x = self.head(x)  # (B, 1, S/r, S/r), r the finest skip's stride
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (B, 1, S, S)
+        return resized(x, size)  # bilinear, as two matmuls: (B, 1, S, S)

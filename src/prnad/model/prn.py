@@ -10,7 +10,6 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prnad.model.decoder import Decoder
@@ -23,9 +22,11 @@ from prnad.model.prototypes import (
     nearest_prototype_per_location,
     residual,
 )
+from prnad.model.resize import resized, resized_sum
 
 MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location, "patch": nearest_patch}
 SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the score and the map
+SCORE_STRIDES = (8, 16)  # their strides in input pixels
 
 
 @dataclass
@@ -126,8 +127,10 @@ class PRN(nn.Module):
         score_banks: list[torch.Tensor] | None = None,
         head_scales: tuple[int, ...] = (0, 1, 2),
         bank_map_weights: tuple[float, ...] = (1.0, 0.5),
+        bank_query_stride: int = 8,
     ) -> None:
         super().__init__()
+        self.set_bank_query_stride(bank_query_stride)
         if len(bank_map_weights) != len(SCORE_SCALES):
             raise ValueError(f"expected {len(SCORE_SCALES)} bank map weights, got {len(bank_map_weights)}")
         self.bank_map_weights = tuple(float(w) for w in bank_map_weights)
@@ -183,17 +186,25 @@ class PRN(nn.Module):
         self.register_buffer("score_stats", stats.to(device))
         self.register_buffer("map_stats", stats.clone().to(device))
 
+    def set_bank_query_stride(self, stride: int) -> None:
+        """Query the score banks on a grid of ``stride`` input pixels (one of SCORE_STRIDES): per bank,
+        ``bank_steps`` holds the step between the queried locations of its scale's map (1: every location)."""
+        if stride not in SCORE_STRIDES:
+            raise ValueError(f"bank_query_stride must be one of {SCORE_STRIDES}, got {stride}")
+        self.bank_steps = tuple(max(1, stride // s) for s in SCORE_STRIDES)
+
     @property
     def score_banks(self) -> list[torch.Tensor]:
         return [getattr(self, f"score_bank_{i}") for i in range(self.n_score_banks)]
 
     def distance_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Per score bank, the map (B, 1, H_i, W_i) of nearest-neighbour distances of ``features`` (the
-        encoder's first three maps) at its scale; None without banks."""
+        """Per score bank, the map (B, 1, H_i', W_i') of nearest-neighbour distances of ``features`` (the
+        encoder's first three maps) at its scale, taken at every ``bank_steps[i]``-th location (H_i' = H_i /
+        step); None without banks."""
         if not self.n_score_banks:
             return None
-        pairs = zip(SCORE_SCALES, self.score_banks, strict=True)
-        return [nearest_distance_map(features[i], bank) for i, bank in pairs]
+        triples = zip(SCORE_SCALES, self.score_banks, self.bank_steps, strict=True)
+        return [nearest_distance_map(features[i], bank, step) for i, bank, step in triples]
 
     @staticmethod
     def largest_distances(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -207,19 +218,19 @@ class PRN(nn.Module):
 
         With z the standardised parts and w_i the weights, this is mean_L + std_L (z_L + sum_i w_i z_i): it
         ranks pixels as the weighted sum of z-scores, and keeps normal pixels where the decoder puts them (far
-        below 0, so Mo stays near 0).
+        below 0, so Mo stays near 0). Upsampling is linear, so sum_i w_i z_i = up(sum of the small maps scaled by
+        w_i / std_i) - sum_i w_i mean_i / std_i: one resize of all maps at once (:func:`resized_sum`).
         """
         stats = self.map_stats.to(logits.dtype)  # (2, 1 + n_banks)
-        z = torch.zeros_like(logits)
-        for i, up in enumerate(self.upsampled(maps, logits)):
-            z = z + self.bank_map_weights[i] * ((up - stats[0, i + 1]) / stats[1, i + 1])
-        return logits + stats[1, 0] * z
+        weights = [w / stats[1, i + 1] for i, w in enumerate(self.bank_map_weights)]  # w_i / std_i
+        scaled = [w * m.to(logits.dtype) for w, m in zip(weights, maps, strict=True)]  # (B, 1, H_i, W_i)
+        offset = sum(w * stats[0, i + 1] for i, w in enumerate(weights))  # sum_i w_i mean_i / std_i
+        return logits + stats[1, 0] * (resized_sum(scaled, logits.shape[-2:]) - offset)
 
     @staticmethod
     def upsampled(maps: list[torch.Tensor], logits: torch.Tensor) -> list[torch.Tensor]:
         """The distance ``maps`` bilinearly resized to the size of ``logits`` (B, 1, S, S), in its dtype."""
-        size = logits.shape[-2:]
-        return [F.interpolate(m.to(logits.dtype), size=size, mode="bilinear", align_corners=False) for m in maps]
+        return [resized(m.to(logits.dtype), logits.shape[-2:]) for m in maps]
 
     def combined_score(self, topk: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
         """Sum of the z-scores of the top-K score (B,) and the distances (B, n_banks), standardised by

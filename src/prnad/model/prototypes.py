@@ -199,22 +199,24 @@ def _tie_stable_nearest(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tens
     return w0 * two[:, 0] + (1 - w0) * two[:, 1]  # (Q, D)
 
 
-def local_average(features: torch.Tensor) -> torch.Tensor:
-    """Each location's 3x3 neighbourhood mean (PatchCore's local aggregation), zero-padded: same shape (B, C, H, W)."""
-    return torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)
+def local_average(features: torch.Tensor, step: int = 1) -> torch.Tensor:
+    """Each location's 3x3 neighbourhood mean (PatchCore's local aggregation), zero-padded, at every ``step``-th
+    location: (B, C, H, W) -> (B, C, ceil(H / step), ceil(W / step)); ``step`` 1 keeps the shape."""
+    return torch.nn.functional.avg_pool2d(features, 3, stride=step, padding=1)
 
 
-def nearest_distance_map(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """At every location, the L2 distance from the locally averaged feature vector to its nearest bank vector:
-    features (B, C, H, W), bank (M, C) -> (B, 1, H, W) in features' dtype.
+def nearest_distance_map(features: torch.Tensor, bank: torch.Tensor, step: int = 1) -> torch.Tensor:
+    """At every ``step``-th location, the L2 distance from the locally averaged feature vector to its nearest
+    bank vector: features (B, C, H, W), bank (M, C) -> (B, 1, H', W') in features' dtype, H' = ceil(H / step).
 
     ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r, minimised over the M bank vectors: one batched matmul
-    (:func:`_ranking_distances`), exportable.
+    (:func:`_ranking_distances`), exportable. ``step`` 2 computes a quarter of the distances.
     """
-    b, c, h, w = features.shape
-    queries = local_average(features).permute(0, 2, 3, 1).reshape(b, -1, c)  # (B, H*W, C)
-    sq = (queries * queries).sum(-1) + _ranking_distances(queries, bank).amin(-1)  # (B, H*W)
-    return sq.clamp_min(0).sqrt().view(b, 1, h, w)  # (B, H*W) -> (B, 1, H, W)
+    averaged = local_average(features, step)  # (B, C, H', W')
+    b, c, h, w = averaged.shape
+    queries = averaged.permute(0, 2, 3, 1).reshape(b, -1, c)  # (B, H'*W', C)
+    sq = (queries * queries).sum(-1) + _ranking_distances(queries, bank).amin(-1)  # (B, H'*W')
+    return sq.clamp_min(0).sqrt().view(b, 1, h, w)  # (B, H'*W') -> (B, 1, H', W')
 
 
 def coreset(x: torch.Tensor, m: int, *, generator: torch.Generator, candidates: int = 200_000) -> torch.Tensor:
