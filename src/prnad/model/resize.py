@@ -2,10 +2,9 @@
 
 ``F.interpolate(x, size, mode="bilinear", align_corners=False)`` is separable and linear: for a map X (h, w) it
 equals A_h X A_w^T, with A_h (H, h) and A_w (W, w) the interpolation matrices of each axis
-(:func:`bilinear_matrix`). On the CPU engines a bilinear resize of a (B, 1, S, S) map runs in a layout made for
-many channels, and each full-size elementwise pass costs about as much: in OpenVINO the three resizes of PRN's
-output stage took 1.7 ms of 14.4 (benchmarks/results). As matrix products the resize is two small matmuls, and
-a sum of resized maps sum_i A_i X_i B_i^T is one: [A_1 X_1 | A_2 X_2 | ...] [B_1 | B_2 | ...]^T.
+(:func:`bilinear_matrix`). OpenVINO spent 1.7 ms of 15.0 in the three resizes of PRN's one-channel maps to the
+image size (benchmarks/results/ov_profile_fast_graph2.md). As matrix products a resize is two small matmuls,
+and a sum of resized maps sum_i A_i X_i B_i^T is one more: [A_1 X_1 | A_2 X_2 | ...] [B_1 | B_2 | ...]^T.
 """
 
 from __future__ import annotations
