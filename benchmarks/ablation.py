@@ -80,6 +80,15 @@ CHANGES: dict[str, dict[str, object]] = {
     "patch_bank_fast": FAST,
     # the same with 512 patch-bank vectors per scale instead of 1024
     "patch_bank_fast_bank512": {**FAST, "model.patch_bank_size": 512},
+    # the default (light) head with the fast head's one change that also saves encoder time: the decoder starts
+    # at stride 16 (the encoder stops there); decoder widths and MSA blocks as the defaults
+    "patch_bank_nobottom": {
+        "model.prototype_match": "patch",
+        "model.score_bank_size": 4096,
+        "model.head_scales": [1, 2],
+        "model.msa_scales": [2],
+        "model.decoder_bottom": False,
+    },
 }
 CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
 

@@ -17,18 +17,18 @@ def bilinear_matrix(n_in: int, n_out: int, *, dtype: torch.dtype, device: torch.
     align_corners=False)`` mixes the input samples into output sample j along one axis.
 
     The source coordinate of output j is (j + 0.5) n_in / n_out - 0.5, clamped at 0 (PyTorch's rule); it mixes
-    samples floor(src) and floor(src) + 1 (clamped to n_in - 1) with weights 1 - frac and frac.
+    samples floor(src) and floor(src) + 1 (clamped to n_in - 1) with weights 1 - frac and frac. Built on
+    ``device`` in float32 (no copy from the host, so it can run inside a captured CUDA graph; MPS has no
+    float64), then cast to ``dtype``.
     """
-    scale = n_in / n_out
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)  # (n_out,)
-    low = src.floor().long().clamp_max(n_in - 1)
+    src = ((torch.arange(n_out, device=device) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)  # (n_out,) float32
+    low = src.floor().clamp_max(n_in - 1)
     high = (low + 1).clamp_max(n_in - 1)
-    frac = src - low
-    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
-    rows = torch.arange(n_out)
-    weights.index_put_((rows, low), 1 - frac, accumulate=True)
-    weights.index_put_((rows, high), frac, accumulate=True)  # low == high at the last sample: weights sum to 1
-    return weights.to(dtype=dtype, device=device)
+    frac = (src - low)[:, None]  # (n_out, 1)
+    samples = torch.arange(n_in, device=device, dtype=src.dtype)  # (n_in,)
+    # at the last samples low == high: the two terms fall on one column and add up to 1
+    weights = (samples == low[:, None]) * (1 - frac) + (samples == high[:, None]) * frac  # (n_out, n_in)
+    return weights.to(dtype)
 
 
 def resized_sum(maps: list[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
