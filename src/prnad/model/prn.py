@@ -26,7 +26,6 @@ from prnad.model.resize import resized, resized_sum
 
 MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location, "patch": nearest_patch}
 SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the score and the map
-SCORE_STRIDES = (8, 16)  # their strides in input pixels
 
 
 @dataclass
@@ -130,7 +129,6 @@ class PRN(nn.Module):
         bank_query_stride: int = 8,
     ) -> None:
         super().__init__()
-        self.set_bank_query_stride(bank_query_stride)
         if len(bank_map_weights) != len(SCORE_SCALES):
             raise ValueError(f"expected {len(SCORE_SCALES)} bank map weights, got {len(bank_map_weights)}")
         self.bank_map_weights = tuple(float(w) for w in bank_map_weights)
@@ -138,6 +136,7 @@ class PRN(nn.Module):
             raise ValueError(f"expected prototypes for {len(head_scales)} scales, got {len(prototypes)}")
         self.head_scales = tuple(head_scales)
         self.encoder = encoder
+        self.set_bank_query_stride(bank_query_stride)
         for i, p in enumerate(prototypes):
             self.register_buffer(f"prototypes_{i}", p.clone())  # (K_i, C_i, H_i, W_i)
         self.feature_fusion = feature_fusion
@@ -187,11 +186,12 @@ class PRN(nn.Module):
         self.register_buffer("map_stats", stats.clone().to(device))
 
     def set_bank_query_stride(self, stride: int) -> None:
-        """Query the score banks on a grid of ``stride`` input pixels (one of SCORE_STRIDES): per bank,
+        """Query the score banks on a grid of ``stride`` input pixels (the stride of one of SCORE_SCALES): per bank,
         ``bank_steps`` holds the step between the queried locations of its scale's map (1: every location)."""
-        if stride not in SCORE_STRIDES:
-            raise ValueError(f"bank_query_stride must be one of {SCORE_STRIDES}, got {stride}")
-        self.bank_steps = tuple(max(1, stride // s) for s in SCORE_STRIDES)
+        strides = tuple(self.encoder.reductions[i] for i in SCORE_SCALES)  # (8, 16)
+        if stride not in strides:
+            raise ValueError(f"bank_query_stride must be one of {strides}, got {stride}")
+        self.bank_steps = tuple(max(1, stride // s) for s in strides)
 
     @property
     def score_banks(self) -> list[torch.Tensor]:
