@@ -29,6 +29,7 @@ SPEC: dict[str, object] = {
     "model.score_bank_size": 0,
     "model.head_scales": [0, 1, 2],
     "model.msa_scales": [0, 1, 2],
+    "model.decoder_bottom": True,
 }
 FAST: dict[str, object] = {
     "model.prototype_match": "patch",
@@ -82,6 +83,9 @@ CHANGES: dict[str, dict[str, object]] = {
     "patch_bank_fast_bank512": {**FAST, "model.patch_bank_size": 512},
     # the default (light) head with the fast head's one change that also saves encoder time: the decoder starts
     # at stride 16 (the encoder stops there); decoder widths and MSA blocks as the defaults
+    # the 8 ms preset: the fast head with the spec's whole-map prototypes and no score banks (no nearest-neighbour
+    # search over memory banks at inference)
+    "line_map": {**FAST, "model.prototype_match": "map", "model.score_bank_size": 0},
     "patch_bank_nobottom": {
         "model.prototype_match": "patch",
         "model.score_bank_size": 4096,

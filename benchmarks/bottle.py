@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 import prnad
+from prnad import config
 from prnad.data import load_samples, scan_category
 from prnad.metrics import compute_metrics
 
@@ -64,6 +65,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="evaluate the finished run in each seed's folder instead of training (e.g. banks added by "
         "score_bank.py); train min then comes from the run's own record",
+    )
+    p.add_argument(
+        "--from-ablation",
+        metavar="CANDIDATE",
+        help="record the seeds' runs of this ablation candidate (<results>/ablation.json) instead of training; "
+        "refused unless the candidate's config is the one this command would train",
     )
     args = p.parse_args(argv)
     args.name = args.name or Path(args.data).name
@@ -273,6 +280,12 @@ def write_markdown(path: Path, data: dict) -> None:
             "enter the loss, so this equals training with them; tests/test_score_bank.py checks it); train min is the",
             "run's record of its training plus the banks' fitting.",
         ]
+    imported = {r["from_ablation"] for r in data["runs"].values() if r.get("from_ablation")}
+    if imported:
+        lines += [
+            f"Recorded from benchmarks/results/ablation.json (candidate {', '.join(sorted(imported))}, trained by the",
+            "ablation command above): `bottle.py --from-ablation` checked that its config is the one this script trains.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -296,6 +309,30 @@ def record(json_path: Path, category: str, run: dict) -> None:
         write_markdown(json_path.with_suffix(".md"), data)
 
 
+def from_ablation(args: argparse.Namespace, seed: int) -> dict:
+    """The ablation's run of ``args.from_ablation`` for this category and seed, if the candidate's config (the
+    spec's model plus its changes) equals the config this command trains; its command is the ablation's."""
+    import ablation  # imports this module: only here, not at the top
+
+    category = Path(args.data).name
+    trained = config.build_config(config.load_yaml(args.config), overrides(args))
+    sets = [f"{k}={json.dumps(v)}" for k, v in ablation.CANDIDATES[args.from_ablation].items()]
+    candidate = config.build_config(config.load_yaml(args.config), dotted_overrides(sets, overrides(args)))
+    if config.to_dict(candidate) != config.to_dict(trained):
+        raise SystemExit(f"candidate {args.from_ablation} is not the config this command trains: nothing recorded")
+    runs = json.loads((Path(args.results) / "ablation.json").read_text())["runs"].values()
+    found = [
+        r
+        for r in runs
+        if (r["category"], r["candidate"], r["seed"], r["iterations"])
+        == (category, args.from_ablation, seed, trained.train.iterations)
+    ]
+    if len(found) != 1:
+        raise SystemExit(f"ablation.json holds {len(found)} runs of {category}/{args.from_ablation}/seed{seed}")
+    run = {k: v for k, v in found[0].items() if k not in ("candidate", "category", "ablation_command")}
+    return {**run, "command": found[0]["ablation_command"], "from_ablation": args.from_ablation}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     results = Path(args.results)
@@ -305,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(json_path.with_suffix(".md"), json.loads(json_path.read_text()))
         return
     for seed in args.seeds:
-        run = run_seed(args, seed)
+        run = from_ablation(args, seed) if args.from_ablation else run_seed(args, seed)
         record(json_path, Path(args.data).name, run)
         print(json.dumps({k: run[k] for k in ("seed", "metrics", "train_minutes", "inference_ms_per_image")}))
 

@@ -8,8 +8,10 @@ Times are wall-clock per call (ms per image = per call / batch), median over ``-
 ``--warmup`` untimed calls, input already a float tensor (decoding excluded), on the threads torch has
 (``--threads``). Engines: ``torch`` (the BatchNorm-folded eval model), ``onnxruntime`` and ``openvino``
 (the run's exported graph, float32, spinning off); engines that are not installed are skipped and said so.
-The per-part profile runs the PyTorch model's forward stage by stage (and checks that the stages give the
-model's own logits). Writes ``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
+With more than one engine asked for, each is timed in a process of its own (``--no-isolate``: all in this one),
+as a deployment runs one engine: in one process the engines' thread pools share the same cores. The per-part
+profile runs the PyTorch model's forward stage by stage (and checks that the stages give the model's own
+logits). Writes ``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import datetime as dt
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -316,23 +319,27 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "bf16"], choices=list(PRECISIONS))
     add_openvino_precisions(p)
     p.add_argument("--throughput-batch", type=int, default=256, help="large batch for GPU throughput")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false", help="time every engine in this process")
+    p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # an isolated engine's own process
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = _args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if args.run:
-        detector = prnad.load(args.run, device="cpu")
-        model, size, source = detector.model, detector.image_size, args.run
-        backbone = detector.config.model.encoder.backbone
-    else:
-        model, size = random_model(args.config, args.prototypes, args.set)
-        sets = "".join(f", {item}" for item in args.set)
-        source, backbone = f"random head ({args.config or 'defaults'}{sets})", None
-    model = model.to(device).eval()
-    engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
+def isolated_rows(argv: list[str], engines: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """Each engine's rows and skips, measured by this script in a process of its own (``--rows-only``)."""
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in engines:
+            child = [*argv, "--engines", engine, "--no-isolate", "--rows-only", "--results", tmp, "--name", engine]
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *child], check=True)
+            data = json.loads((Path(tmp) / f"{engine}.json").read_text())
+            rows += data["rows"]
+            skipped.update(data["skipped"])
+    return rows, skipped
+
+
+def engine_rows(model: PRN, size: int, engines: list[str], device: torch.device, args) -> tuple[list[dict], dict]:
+    """Rows of wall times per (engine, precision), part and batch, all in this process; and the skipped engines."""
     skipped: dict[str, str] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -351,10 +358,35 @@ def main(argv: list[str] | None = None) -> dict:
                         row["max_map_diff_vs_fp32"] = f"{reduced_map_diff(model, fn, x):.2e}"
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+    return rows, skipped
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _args(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.run:
+        detector = prnad.load(args.run, device="cpu")
+        model, size, source = detector.model, detector.image_size, args.run
+        backbone = detector.config.model.encoder.backbone
+    else:
+        model, size = random_model(args.config, args.prototypes, args.set)
+        sets = "".join(f", {item}" for item in args.set)
+        source, backbone = f"random head ({args.config or 'defaults'}{sets})", None
+    model = model.to(device).eval()
+    engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
+    if args.isolate and len(engines) > 1:
+        rows, skipped = isolated_rows(list(sys.argv[1:] if argv is None else argv), engines)
+    else:
+        rows, skipped = engine_rows(model, size, engines, device, args)
     model = model.to(device)
     if device.type == "cuda":
         rows += gpu_rows(model, size, device, args)
-    profile = profile_parts(model, torch.rand(1, 3, size, size, device=device), device, args.warmup, args.repeats)
+    profile = (
+        {}
+        if args.rows_only
+        else profile_parts(model, torch.rand(1, 3, size, size, device=device), device, args.warmup, args.repeats)
+    )
     data = {
         "device": device_name(device),
         "threads": args.threads,
@@ -368,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "skipped": skipped,
         "profile_torch_b1_ms": profile,
+        "engines_isolated": bool(args.isolate and len(engines) > 1),
     }
     write(Path(args.results), args.name, data)
     return data
@@ -382,7 +415,8 @@ def write(folder: Path, name: str, data: dict) -> None:
         f"Model: {data['model']} ({data['backbone']}, {data['image_size']} px). torch {data['torch']}.",
         f"Command: `{data['command']}`",
         "",
-        "Median wall time per call after warm-up, input a float tensor (no decoding); ms per image = per call / batch.",
+        "Median wall time per call after warm-up, input a float tensor (no decoding); ms per image = per call / batch."
+        + (" Each engine timed in a process of its own." if data.get("engines_isolated") else ""),
         "",
         "| engine | precision | part | batch | ms per call | ms per image | images/s | max map diff to fp32 |",
         "|---|---|---|---|---|---|---|---|",
@@ -393,7 +427,7 @@ def write(folder: Path, name: str, data: dict) -> None:
         for r in data["rows"]
     ]
     lines += [f"| {e} | | skipped: {why} | | | | | |" for e, why in data["skipped"].items()]
-    total = sum(data["profile_torch_b1_ms"].values())
+    total = sum(data["profile_torch_b1_ms"].values()) or 1.0
     lines += ["", "Per-part profile, PyTorch eager, batch 1 (medians; their sum need not equal the whole):", ""]
     lines += ["| part | ms | share |", "|---|---|---|"]
     lines += [f"| {p} | {ms:.2f} | {100 * ms / total:.0f} % |" for p, ms in data["profile_torch_b1_ms"].items()]

@@ -85,6 +85,58 @@ def test_ablation_imports_benchmark_runs_as_the_candidate_they_were(tmp_path: Pa
         ablation.main(["--results", str(out), "--import-baseline", str(bench), "--import-as", "nonsense"])
 
 
+def test_benchmark_records_an_ablation_candidate_only_if_it_is_the_config_it_trains(tmp_path: Path, monkeypatch):
+    """bottle.py --from-ablation NAME files the ablation's runs of NAME as the category benchmark's seeds, with
+    the ablation's command, when NAME's config equals the one bottle.py trains; a candidate that changes the
+    config is refused and nothing is written."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import ablation
+
+    bench = _bench_module()
+    default = bench.config.build_config().train.iterations
+    monkeypatch.setattr(ablation, "CANDIDATES", {"same": {"model.topk": 100}, "other": {"model.topk": 5}})
+    runs = {}
+    for name in ("same", "other"):
+        for seed in (0, 1):
+            run = _run(seed, None, "python benchmarks/bottle.py ...") | {"iterations": default}
+            run |= {
+                "candidate": name,
+                "category": "bottle",
+                "ablation_command": f"python benchmarks/ablation.py {name}",
+            }
+            runs[f"bottle/{name}/{default}/cpu/seed{seed}"] = run
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ablation.json").write_text(json.dumps({"runs": runs}))
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    argv = ["--data", str(tmp_path / "bottle"), "--config", str(config), "--results", str(results), "--seeds", "0", "1"]
+    bench.main([*argv, "--from-ablation", "same"])
+    data = json.loads((results / "bottle.json").read_text())
+    assert sorted(data["runs"]) == ["0", "1"]
+    assert {r["command"] for r in data["runs"].values()} == {"python benchmarks/ablation.py same"}
+    assert data["summary"]["pixel_auroc"]["mean"] == 98.5
+    assert "--from-ablation" in (results / "bottle.md").read_text()
+    (results / "bottle.json").unlink()
+    with pytest.raises(SystemExit, match="not the config"):
+        bench.main([*argv, "--from-ablation", "other"])
+    assert not (results / "bottle.json").exists()
+
+
+def test_the_line_preset_is_the_ablation_candidate_that_was_measured(monkeypatch):
+    """configs/line.yaml trains what candidate line_map trained (the runs its figures come from)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import ablation
+
+    bench = _bench_module()
+    config = bench.config
+    sets = [f"{k}={json.dumps(v)}" for k, v in ablation.CANDIDATES["line_map"].items()]
+    measured = config.build_config(
+        config.load_yaml(REPO / "configs/mobilenet_v2_tf.yaml"), bench.dotted_overrides(sets)
+    )
+    assert config.to_dict(config.build_config(config.load_yaml(REPO / "configs/line.yaml"))) == config.to_dict(measured)
+
+
 def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):
     """benchmarks/speed.py on a random-weights model built from --set overrides: every part is timed and the
     stage-by-stage profile gives the model's own logits (checked inside speed.py)."""
@@ -97,6 +149,23 @@ def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatc
     data = speed.main(args + [item for s in sets for item in ("--set", s)])
     assert set(data["profile_torch_b1_ms"]) == set(speed.PARTS) and data["profile_torch_b1_ms"]["score banks"] > 0
     assert "model.head_scales=[1,2]" in data["model"] and (tmp_path / "speed.md").is_file()
+
+
+def test_speed_times_each_engine_in_a_process_of_its_own(tmp_path: Path, monkeypatch):
+    """With two engines, speed.py measures each in a child process (nothing of the other engine loaded) and
+    reports both engines' rows in one results file."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import speed
+
+    sets = ["data.image_size=64", "model.encoder.backbone=resnet18", "model.score_bank_size=8"]
+    sets += ["model.decoder_channels=[8,8,8]"]
+    args = ["--engines", "torch", "onnxruntime", "--batches", "1", "--repeats", "1", "--warmup", "0"]
+    data = speed.main([*args, "--results", str(tmp_path), *[item for s in sets for item in ("--set", s)]])
+    assert data["engines_isolated"] and not data["skipped"]
+    assert {(r["engine"], r["part"]) for r in data["rows"]} == {
+        (e, p) for e in ("torch", "onnxruntime") for p in ("whole", "encoder")
+    }
+    assert "process of its own" in (tmp_path / "speed.md").read_text()
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])

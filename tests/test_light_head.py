@@ -93,16 +93,17 @@ def test_decoder_widths_match_its_skips():
 
 
 HEADS = {
-    "default-light": {"head_scales": [1, 2], "msa_scales": [2]},
-    "spec-full": {"head_scales": [0, 1, 2], "msa_scales": [0, 1, 2]},
+    "default": {"head_scales": [1, 2], "msa_scales": [2]},
+    "light-with-bottom": {"head_scales": [1, 2], "msa_scales": [2], "decoder_bottom": True},
+    "spec-full": {"head_scales": [0, 1, 2], "msa_scales": [0, 1, 2], "decoder_bottom": True},
     "fast": {"head_scales": [1, 2], "msa_scales": [2], "decoder_bottom": False, "msa_blocks": 1},
 }
 
 
 @pytest.mark.parametrize("name", list(HEADS))
 def test_every_head_trains_saves_loads_and_exports(tiny_category: Path, tmp_path: Path, name: str):
-    """The default light head, the spec's full head (``head_scales``, ``msa_scales``) and the fast head
-    (``decoder_bottom`` false, one MSA block), end to end."""
+    """The default light head (decoder from stride 16), the same with the spec's bottom, the spec's full head
+    (``head_scales``, ``msa_scales``, bottom) and the fast head (one MSA block), end to end."""
     head, msa = HEADS[name]["head_scales"], HEADS[name]["msa_scales"]
     values = tiny_overrides(tiny_category)
     values["model"].update(HEADS[name])
@@ -122,10 +123,10 @@ def test_a_checkpoint_from_before_decoder_bottom_loads_with_a_bottom(tmp_path: P
     from prnad.checkpoint import load_checkpoint, save_checkpoint
     from prnad.config import RunConfig, from_dict, to_dict
 
-    model = _model(decoder_channels=(16, 8, 4))
+    model = _model(decoder_channels=(16, 8, 4), decoder_bottom=True)
     values = to_dict(RunConfig())
     values["model"].update(to_dict(ModelConfig(encoder=EncoderConfig(backbone="resnet18", weights="random"))))
-    values["model"].update(prototype_match="map", score_bank_size=0, decoder_channels=[16, 8, 4])
+    values["model"].update(prototype_match="map", score_bank_size=0, decoder_channels=[16, 8, 4], decoder_bottom=True)
     path = save_checkpoint(tmp_path / "new.safetensors", model=model, config=from_dict(RunConfig, values), iteration=1)
     loaded = load_checkpoint(without_model_key(path, "decoder_bottom", tmp_path / "old.safetensors"))
     assert loaded.config.model.decoder_bottom and loaded.model.decoder.has_bottom

@@ -27,7 +27,7 @@ from torch import nn
 from prnad.data import file_sha256
 from prnad.errors import CheckpointError, ConfigError, DataError
 from prnad.model import PRN
-from prnad.model.prn import PRNOutput, gaussian_blur
+from prnad.model.prn import PRNOutput, topk_score
 
 Format = Literal["onnx", "openvino"]
 ENGINES = ("torch", "onnxruntime", "openvino")
@@ -52,21 +52,12 @@ class ExportGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, maps = self.model.decode(images)  # the decoder's (B, 1, S, S); float32 throughout
-        score = self._topk_score(logits)  # (B,) float32
+        score = topk_score(logits, self.model.topk, smoothing=self.model.score_smoothing, dtype=torch.float32)  # (B,)
         if maps is None:
             return logits, torch.sigmoid(logits), score
         fused = self.model.fused_logits(logits, maps)
         score = self.model.combined_score(score, self.model.largest_distances(maps))  # (B,) float32
         return fused, torch.sigmoid(fused), score
-
-    def _topk_score(self, logits: torch.Tensor) -> torch.Tensor:
-        """The mean of the top-K pixels of sigmoid(logits), (B, 1, S, S) -> (B,) float32: the sigmoid of the top-K
-        logits alone (it is increasing), not of the whole map, unless the map is smoothed first."""
-        k = min(self.model.topk, logits[0].numel())
-        if self.model.score_smoothing > 0:
-            smoothed = gaussian_blur(torch.sigmoid(logits), self.model.score_smoothing)  # (B, 1, S, S)
-            return smoothed.flatten(1).topk(k, dim=1).values.mean(1)
-        return torch.sigmoid(logits.flatten(1).topk(k, dim=1).values).mean(1)  # (B, k) -> (B,)
 
 
 def _modes(model: nn.Module) -> dict[str, bool]:

@@ -77,22 +77,25 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError(f"expected images of shape (B, 3, S, S), got {tuple(images.shape)}")
 
 
-def topk_score(logits: torch.Tensor, k: int, *, smoothing: float = 0.0) -> torch.Tensor:
-    """Mean of the ``k`` largest pixels of sigmoid(logits) per map, in float64: (B, 1, S, S) -> (B,) float64.
+def topk_score(
+    logits: torch.Tensor, k: int, *, smoothing: float = 0.0, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Mean of the ``k`` largest pixels of sigmoid(logits) per map, in ``dtype``: (B, 1, S, S) -> (B,).
 
     sigmoid is increasing, so the ``k`` largest logits are the ``k`` largest pixels of Mo: only those go
-    through the sigmoid, in float64. A float32 sigmoid rounds to exactly 1.0 above a logit of about 16.6, and
-    strong images would tie at a score of 1.0; float64 keeps them apart up to a logit of about 36.7.
+    through the sigmoid, in ``dtype``. A float32 sigmoid rounds to exactly 1.0 above a logit of about 16.6, and
+    strong images would tie at a score of 1.0; float64 (the default, PyTorch's score) keeps them apart up to a
+    logit of about 36.7. The exported graph passes float32, the precision the engines run in.
     With ``smoothing`` > 0, Mo is first blurred by a Gaussian of that sigma (pixels), so that the score
     follows regions rather than single pixels.
     """
     if smoothing > 0:
-        smoothed = gaussian_blur(torch.sigmoid(logits.double()), smoothing)  # (B, 1, S, S) float64
+        smoothed = gaussian_blur(torch.sigmoid(logits.to(dtype)), smoothing)  # (B, 1, S, S)
         flat = smoothed.flatten(1)
         return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
     flat = logits.flatten(1)  # (B, S*S)
     top = flat.topk(min(k, flat.shape[1]), dim=1).values  # (B, k)
-    return torch.sigmoid(top.double()).mean(1)
+    return torch.sigmoid(top.to(dtype)).mean(1)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
