@@ -70,7 +70,8 @@ def test_batched_predictions_equal_one_at_a_time(detector: prnad.Detector, tiny_
     for path, result in zip(paths, batched, strict=True):
         single = detector.predict(path)
         assert result.source == str(path)
-        assert result.score == pytest.approx(single.score, abs=1e-4)  # z-scores: float32 noise over their spread
+        # a sum of z-scores: float32 noise divided by their spread, so it grows with the score (tiny model: ~100)
+        assert result.score == pytest.approx(single.score, rel=1e-5, abs=1e-4)
 
 
 def test_an_iterator_is_consumed_lazily(detector: prnad.Detector, tiny_category: Path):

@@ -52,7 +52,8 @@ def test_engines_give_the_pytorch_maps(run: Path, tiny_category: Path, engine: s
         ours = exported.predict(files, batch_size=batch_size)
         for a, b in zip(reference.predict(files), ours, strict=True):
             assert np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-3
-            assert abs(a.score - b.score) < 1e-4
+            # a sum of z-scores: float32 noise divided by their spread, so it grows with the score (tiny model: 15-100)
+            assert b.score == pytest.approx(a.score, rel=1e-4, abs=1e-4)
     a, b = reference.evaluate(), exported.evaluate()
     assert b["engine"] == engine and a["engine"] == "torch"
     for key, value in a["metrics"].items():

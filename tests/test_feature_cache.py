@@ -4,6 +4,7 @@ model would compute, within its memory budget, and training with it matches trai
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -43,16 +44,17 @@ def test_the_stream_names_the_unchanged_images_it_serves():
     assert min(kinds.values()) > 0
 
 
-def _model(pool: TrainingPool):
-    config = ModelConfig(encoder=EncoderConfig(weights="random"), decoder_channels=(16, 16, 8))
+def _model(pool: TrainingPool, bottom: bool = False):
+    config = ModelConfig(encoder=EncoderConfig(weights="random"), decoder_channels=(16, 16, 8), decoder_bottom=bottom)
     torch.manual_seed(0)
     prototypes = [torch.randn(16, c) for c in (128, 256)]  # patch banks (M, C_i), ResNet18 strides 8 and 16
     return build_prn(config, prototypes=prototypes).eval()
 
 
-def test_cached_parts_equal_the_computed_ones_and_respect_the_budget():
+@pytest.mark.parametrize("bottom", [False, True])
+def test_cached_parts_equal_the_computed_ones_and_respect_the_budget(bottom: bool):
     pool = _pool()
-    model = _model(pool)
+    model = _model(pool, bottom)
     unchanged = pool.unchanged()
     cache = FeatureCache(model, unchanged, budget_mb=64, device=torch.device("cpu"), batch_size=3)
     assert len(cache) == len(unchanged) == 7
@@ -62,7 +64,7 @@ def test_cached_parts_equal_the_computed_ones_and_respect_the_budget():
     sources = torch.tensor([4, 0, -1, 2])
     expected = model.encode(images).tensors()
     got = cache.parts(model, images, sources).tensors()
-    assert len(got) == len(expected) == 5
+    assert len(got) == len(expected) == 4 + bottom  # features and residuals at 2 scales, and the stride-32 map
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)  # float bits differ by batch size
     one_image = sum(t[:1].numel() * t.element_size() for t in cache.tensors)
