@@ -83,9 +83,6 @@ CHANGES: dict[str, dict[str, object]] = {
     "patch_bank_fast_bank512": {**FAST, "model.patch_bank_size": 512},
     # the default (light) head with the fast head's one change that also saves encoder time: the decoder starts
     # at stride 16 (the encoder stops there); decoder widths and MSA blocks as the defaults
-    # the 8 ms preset: the fast head with the spec's whole-map prototypes and no score banks (no nearest-neighbour
-    # search over memory banks at inference)
-    "line_map": {**FAST, "model.prototype_match": "map", "model.score_bank_size": 0},
     "patch_bank_nobottom": {
         "model.prototype_match": "patch",
         "model.score_bank_size": 4096,
@@ -93,8 +90,16 @@ CHANGES: dict[str, dict[str, object]] = {
         "model.msa_scales": [2],
         "model.decoder_bottom": False,
     },
+    # the 8 ms preset (configs/line.yaml): the fast head with the spec's whole-map prototypes and no score banks
+    # (no nearest-neighbour search over memory banks at inference)
+    "line_map": {**FAST, "model.prototype_match": "map", "model.score_bank_size": 0},
 }
 CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
+
+
+def candidate_sets(name: str) -> list[str]:
+    """Candidate ``name``'s config as ``--set KEY=VALUE`` items (values as JSON, which the YAML parser reads)."""
+    return [f"{k}={json.dumps(v)}" for k, v in CANDIDATES[name].items()]
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,7 +128,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _seed_args(args: argparse.Namespace, candidate: str, category: str) -> list[str]:
-    sets = [f"{k}={json.dumps(v)}" for k, v in CANDIDATES[candidate].items()] + list(args.set)
+    sets = candidate_sets(candidate) + list(args.set)
     if args.iterations:
         sets.append(f"train.iterations={args.iterations}")
     argv = ["--data", str(Path(args.data_root) / category), "--textures", args.textures, "--name", "ablation"]

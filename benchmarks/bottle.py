@@ -316,7 +316,7 @@ def from_ablation(args: argparse.Namespace, seed: int) -> dict:
 
     category = Path(args.data).name
     trained = config.build_config(config.load_yaml(args.config), overrides(args))
-    sets = [f"{k}={json.dumps(v)}" for k, v in ablation.CANDIDATES[args.from_ablation].items()]
+    sets = ablation.candidate_sets(args.from_ablation)
     candidate = config.build_config(config.load_yaml(args.config), dotted_overrides(sets, overrides(args)))
     if config.to_dict(candidate) != config.to_dict(trained):
         raise SystemExit(f"candidate {args.from_ablation} is not the config this command trains: nothing recorded")

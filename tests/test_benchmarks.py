@@ -130,7 +130,7 @@ def test_the_line_preset_is_the_ablation_candidate_that_was_measured(monkeypatch
 
     bench = _bench_module()
     config = bench.config
-    sets = [f"{k}={json.dumps(v)}" for k, v in ablation.CANDIDATES["line_map"].items()]
+    sets = ablation.candidate_sets("line_map")
     measured = config.build_config(
         config.load_yaml(REPO / "configs/mobilenet_v2_tf.yaml"), bench.dotted_overrides(sets)
     )
