@@ -93,6 +93,15 @@ CHANGES: dict[str, dict[str, object]] = {
     # the 8 ms preset (configs/line.yaml): the fast head with the spec's whole-map prototypes and no score banks
     # (no nearest-neighbour search over memory banks at inference)
     "line_map": {**FAST, "model.prototype_match": "map", "model.score_bank_size": 0},
+    # the line preset made cheaper where its profile spends most (issue: deploy on the line): one whole-map
+    # attention branch instead of three window sizes, and half the decoder widths
+    "line_lite": {
+        **FAST,
+        "model.prototype_match": "map",
+        "model.score_bank_size": 0,
+        "model.msa_grids": [1],
+        "model.decoder_channels": [32, 16, 8],
+    },
 }
 CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
 

@@ -4,14 +4,19 @@ and a per-part profile of the PyTorch model.
     python benchmarks/speed.py --run runs/bottle/seed0                # a trained run (weights as trained)
     python benchmarks/speed.py --config configs/mobilenet_v2_tf.yaml  # random head, the config's encoder weights
 
-Times are wall-clock per call (ms per image = per call / batch), median over ``--repeats`` after
-``--warmup`` untimed calls, input already a float tensor (decoding excluded), on the threads torch has
-(``--threads``). Engines: ``torch`` (the BatchNorm-folded eval model), ``onnxruntime`` and ``openvino``
-(the run's exported graph, float32, spinning off); engines that are not installed are skipped and said so.
-With more than one engine asked for, each is timed in a process of its own (``--no-isolate``: all in this one),
-as a deployment runs one engine: in one process the engines' thread pools share the same cores. The per-part
-profile runs the PyTorch model's forward stage by stage (and checks that the stages give the model's own
-logits). Writes ``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
+Times are wall-clock per call (ms per image = per call / batch), input already a float tensor (decoding
+excluded), on the threads torch has (``--threads``): the median over ``--repeats`` calls after ``--warmup``
+untimed ones. With ``--rounds`` R every cell is timed in R rounds, all cells (and engine processes) taking
+turns in each round, and a row gives the median of the round medians and their range: on a machine whose
+speed drifts, a slow spell then falls on every engine alike instead of on one.
+
+Engines: ``torch`` (the BatchNorm-folded eval model), ``onnxruntime`` and ``openvino`` (the run's exported
+graph, float32, spinning off); engines that are not installed are skipped and said so. With more than one
+engine asked for, each is timed in a process of its own (``--no-isolate``: all in this one), as a deployment
+runs one engine: in one process the engines' thread pools share the same cores. The processes are set up one
+after another, then take turns, one timing at a time. The per-part profile runs the PyTorch model's forward
+stage by stage (and checks that the stages give the model's own logits). Writes
+``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +54,9 @@ from prnad.model.prn import PRN, SCORE_SCALES, fused_for_inference
 from prnad.utils import device_name, resolve_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# Pause between two processes' turns: a process's OpenMP threads spin for a while after its last call, and
+# would take the cores from the next process's first calls.
+PAUSE_S = 0.2
 PARTS = (
     "encoder",
     "prototype matching",
@@ -320,44 +329,133 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     add_openvino_precisions(p)
     p.add_argument("--throughput-batch", type=int, default=256, help="large batch for GPU throughput")
     p.add_argument("--no-isolate", dest="isolate", action="store_false", help="time every engine in this process")
-    p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # an isolated engine's own process
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of --repeats calls per cell, every cell (and engine process) in turn each round; the rows give "
+        "the median over rounds of each round's median, and the rounds' range (default 1)",
+    )
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # an isolated engine's own process
     return p.parse_args(argv)
 
 
-def isolated_rows(argv: list[str], engines: list[str]) -> tuple[list[dict], dict[str, str]]:
-    """Each engine's rows and skips, measured by this script in a process of its own (``--rows-only``)."""
-    rows: list[dict] = []
-    skipped: dict[str, str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for engine in engines:
-            child = [*argv, "--engines", engine, "--no-isolate", "--rows-only", "--results", tmp, "--name", engine]
-            subprocess.run([sys.executable, str(Path(__file__).resolve()), *child], check=True)
-            data = json.loads((Path(tmp) / f"{engine}.json").read_text())
-            rows += data["rows"]
-            skipped.update(data["skipped"])
-    return rows, skipped
+@dataclass
+class Cell:
+    """One timed cell: ``fn`` (an engine's whole model or encoder) on ``x``, one batch, on ``device``."""
+
+    engine: str
+    precision: str
+    part: str
+    batch: int
+    fn: Callable
+    x: torch.Tensor
+    device: torch.device
+    map_diff: str | None = None  # a reduced precision's largest map difference to float32 PyTorch
+
+    def key(self) -> dict:
+        out = {"engine": self.engine, "precision": self.precision, "part": self.part, "batch": self.batch}
+        return out | ({"max_map_diff_vs_fp32": self.map_diff} if self.map_diff else {})
 
 
-def engine_rows(model: PRN, size: int, engines: list[str], device: torch.device, args) -> tuple[list[dict], dict]:
-    """Rows of wall times per (engine, precision), part and batch, all in this process; and the skipped engines."""
+def build_cells(model: PRN, size: int, engines: list[str], device: torch.device, args, folder: Path) -> tuple:
+    """Cells for every (engine, precision), batch and part, warmed up by ``args.warmup`` untimed calls each;
+    and the skipped engines."""
     skipped: dict[str, str] = {}
-    rows = []
+    found = runners(model.cpu(), size, engines, folder, skipped, tuple(args.openvino_precisions))
+    model.to(device)
+    cells = []
+    for (engine, precision), parts in found.items():
+        target = device if engine == "torch" else torch.device("cpu")
+        if engine == "torch":
+            parts = {k: v.to(target) for k, v in parts.items()}
+        for batch in args.batches:
+            x = torch.rand(batch, 3, size, size, device=target)
+            for part, fn in parts.items():
+                diff = None
+                if precision != "fp32" and part == "whole":
+                    diff = f"{reduced_map_diff(model, fn, x):.2e}"
+                cells.append(Cell(engine, precision, part, batch, fn, x, target, diff))
+    for cell in cells:
+        time_ms(cell.fn, cell.x, cell.device, warmup=args.warmup, repeats=0)
+    return cells, skipped
+
+
+def time_round(cells: list[Cell], repeats: int) -> list[float]:
+    """One round: per cell, the median ms of ``repeats`` calls after one untimed call (caches refilled after
+    whatever ran before)."""
+    return [statistics.median(time_ms(c.fn, c.x, c.device, warmup=1, repeats=repeats)) for c in cells]
+
+
+def row(key: dict, round_medians: list[float]) -> dict:
+    """A results row: the median over rounds of each round's median ms per call, and the rounds' range."""
+    ms = statistics.median(round_medians)
+    out = dict(key, ms_per_call=round(ms, 3), ms_per_image=round(ms / key["batch"], 3))
+    if len(round_medians) > 1:
+        out |= {"round_min_ms": round(min(round_medians), 3), "round_max_ms": round(max(round_medians), 3)}
+        out["round_medians_ms"] = [round(m, 3) for m in round_medians]
+    return out
+
+
+def local_rows(model: PRN, size: int, engines: list[str], device: torch.device, args) -> tuple[list[dict], dict]:
+    """Rows of every engine's cells timed in this process, ``args.rounds`` rounds over all cells in turn; and the
+    skipped engines."""
     with tempfile.TemporaryDirectory() as tmp:
-        found = runners(model.cpu(), size, engines, Path(tmp), skipped, tuple(args.openvino_precisions))
-        for (engine, precision), parts in found.items():
-            target = device if engine == "torch" else torch.device("cpu")
-            if engine == "torch":
-                parts = {k: v.to(target) for k, v in parts.items()}
-            for batch in args.batches:
-                x = torch.rand(batch, 3, size, size, device=target)
-                for part, fn in parts.items():
-                    ms = statistics.median(time_ms(fn, x, target, warmup=args.warmup, repeats=args.repeats))
-                    row = {"engine": engine, "precision": precision, "part": part, "batch": batch}
-                    row.update(ms_per_call=round(ms, 3), ms_per_image=round(ms / batch, 3))
-                    if precision != "fp32" and part == "whole":
-                        row["max_map_diff_vs_fp32"] = f"{reduced_map_diff(model, fn, x):.2e}"
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        cells, skipped = build_cells(model, size, engines, device, args, Path(tmp))
+        rounds = [time_round(cells, args.repeats) for _ in range(args.rounds)]
+    return [row(c.key(), [r[i] for r in rounds]) for i, c in enumerate(cells)], skipped
+
+
+PROTOCOL = "@speed "  # prefix of the lines a serving child writes for its parent (other output is ignored)
+
+
+def _say(payload: object) -> None:
+    print(PROTOCOL + json.dumps(payload), flush=True)
+
+
+def _hear(child: subprocess.Popen) -> object:
+    for line in child.stdout:
+        if line.startswith(PROTOCOL):
+            return json.loads(line[len(PROTOCOL) :])
+    raise RuntimeError(f"speed.py child {child.args[-3:]} ended (exit {child.wait()}) before answering")
+
+
+def serve(model: PRN, size: int, engines: list[str], device: torch.device, args) -> None:
+    """A child's loop: build and warm up this engine's cells, say their keys, then time one round per
+    ``round`` line read from stdin and say the medians, until ``quit``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cells, skipped = build_cells(model, size, engines, device, args, Path(tmp))
+        _say({"keys": [c.key() for c in cells], "skipped": skipped})
+        for line in sys.stdin:
+            if line.strip() != "round":
+                break
+            _say(time_round(cells, args.repeats))
+
+
+def isolated_rows(argv: list[str], engines: list[str], rounds: int) -> tuple[list[dict], dict[str, str]]:
+    """Each engine timed in a process of its own, the processes taking turns: ``rounds`` rounds, each round
+    timing every engine once, one process at a time, starting with a different engine each round (a
+    slow spell of the machine then falls on every engine alike). Rows in ``engines`` order; skipped engines."""
+    children, hello = [], []
+    try:
+        for engine in engines:  # one at a time: an engine's export does not overlap another's timing
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--engines", engine, "--no-isolate", "--serve"]
+            children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            hello.append(_hear(children[-1]))
+        medians: list[list[list[float]]] = [[] for _ in engines]  # per engine, per round, per cell
+        for r in range(rounds):
+            for i in [(r + j) % len(engines) for j in range(len(engines))]:
+                children[i].stdin.write("round\n")
+                children[i].stdin.flush()
+                medians[i].append(_hear(children[i]))
+                time.sleep(PAUSE_S)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.stdin.close()
+                child.wait()
+    rows = [row(k, [m[c] for m in medians[i]]) for i, h in enumerate(hello) for c, k in enumerate(h["keys"])]
+    skipped = {e: why for h in hello for e, why in h["skipped"].items()}
     return rows, skipped
 
 
@@ -375,18 +473,19 @@ def main(argv: list[str] | None = None) -> dict:
         source, backbone = f"random head ({args.config or 'defaults'}{sets})", None
     model = model.to(device).eval()
     engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
+    if args.serve:
+        serve(model, size, engines, device, args)
+        return {}
     if args.isolate and len(engines) > 1:
-        rows, skipped = isolated_rows(list(sys.argv[1:] if argv is None else argv), engines)
+        rows, skipped = isolated_rows(list(sys.argv[1:] if argv is None else argv), engines, args.rounds)
     else:
-        rows, skipped = engine_rows(model, size, engines, device, args)
+        rows, skipped = local_rows(model, size, engines, device, args)
+    for r in rows:
+        print(json.dumps({k: v for k, v in r.items() if k != "round_medians_ms"}), flush=True)
     model = model.to(device)
     if device.type == "cuda":
         rows += gpu_rows(model, size, device, args)
-    profile = (
-        {}
-        if args.rows_only
-        else profile_parts(model, torch.rand(1, 3, size, size, device=device), device, args.warmup, args.repeats)
-    )
+    profile = profile_parts(model, torch.rand(1, 3, size, size, device=device), device, args.warmup, args.repeats)
     data = {
         "device": device_name(device),
         "threads": args.threads,
@@ -401,6 +500,8 @@ def main(argv: list[str] | None = None) -> dict:
         "skipped": skipped,
         "profile_torch_b1_ms": profile,
         "engines_isolated": bool(args.isolate and len(engines) > 1),
+        "rounds": args.rounds,
+        "repeats": args.repeats,
     }
     write(Path(args.results), args.name, data)
     return data
@@ -409,23 +510,33 @@ def main(argv: list[str] | None = None) -> dict:
 def write(folder: Path, name: str, data: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    rounds = data.get("rounds", 1)
+    how = (
+        f"Median over {rounds} rounds of each round's median wall time per call ({data['repeats']} calls a round, "
+        "every cell in turn each round; the last column gives the rounds' range)"
+        if rounds > 1
+        else "Median wall time per call"
+    )
     lines = [
         f"# Inference speed ({data['device']}, {data['threads']} threads, {data['date']})",
         "",
         f"Model: {data['model']} ({data['backbone']}, {data['image_size']} px). torch {data['torch']}.",
         f"Command: `{data['command']}`",
         "",
-        "Median wall time per call after warm-up, input a float tensor (no decoding); ms per image = per call / batch."
+        f"{how} after warm-up, input a float tensor (no decoding); ms per image = per call / batch."
         + (" Each engine timed in a process of its own." if data.get("engines_isolated") else ""),
         "",
-        "| engine | precision | part | batch | ms per call | ms per image | images/s | max map diff to fp32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine | precision | part | batch | ms per call | ms per image | images/s | max map diff to fp32 |"
+        + (" rounds' range, ms per call |" if rounds > 1 else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if rounds > 1 else ""),
     ]
-    lines += [
-        f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['part']} | {r['batch']} | {r['ms_per_call']:.3f} | "
-        f"{r['ms_per_image']:.3f} | {1000 * r['batch'] / r['ms_per_call']:.0f} | {r.get('max_map_diff_vs_fp32', '')} |"
-        for r in data["rows"]
-    ]
+    for r in data["rows"]:
+        spread = f" {r['round_min_ms']:.3f} - {r['round_max_ms']:.3f} |" if "round_min_ms" in r else ""
+        lines.append(
+            f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['part']} | {r['batch']} | {r['ms_per_call']:.3f} | "
+            f"{r['ms_per_image']:.3f} | {1000 * r['batch'] / r['ms_per_call']:.0f} | "
+            f"{r.get('max_map_diff_vs_fp32', '')} |" + spread
+        )
     lines += [f"| {e} | | skipped: {why} | | | | | |" for e, why in data["skipped"].items()]
     total = sum(data["profile_torch_b1_ms"].values()) or 1.0
     lines += ["", "Per-part profile, PyTorch eager, batch 1 (medians; their sum need not equal the whole):", ""]

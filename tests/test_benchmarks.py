@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -151,21 +152,27 @@ def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatc
     assert "model.head_scales=[1,2]" in data["model"] and (tmp_path / "speed.md").is_file()
 
 
-def test_speed_times_each_engine_in_a_process_of_its_own(tmp_path: Path, monkeypatch):
-    """With two engines, speed.py measures each in a child process (nothing of the other engine loaded) and
-    reports both engines' rows in one results file."""
+def test_speed_times_each_engine_in_a_process_of_its_own_in_rounds(tmp_path: Path, monkeypatch):
+    """With two engines, speed.py measures each in a child process (nothing of the other engine loaded), the
+    processes taking turns for --rounds rounds, and reports both engines' rows in one results file: per cell
+    the median of its round medians, within their range."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import speed
 
     sets = ["data.image_size=64", "model.encoder.backbone=resnet18", "model.score_bank_size=8"]
     sets += ["model.decoder_channels=[8,8,8]"]
-    args = ["--engines", "torch", "onnxruntime", "--batches", "1", "--repeats", "1", "--warmup", "0"]
+    args = ["--engines", "torch", "onnxruntime", "--batches", "1", "--repeats", "2", "--warmup", "0", "--rounds", "3"]
     data = speed.main([*args, "--results", str(tmp_path), *[item for s in sets for item in ("--set", s)]])
-    assert data["engines_isolated"] and not data["skipped"]
-    assert {(r["engine"], r["part"]) for r in data["rows"]} == {
+    assert data["engines_isolated"] and not data["skipped"] and data["rounds"] == 3
+    assert [(r["engine"], r["part"]) for r in data["rows"]] == [
         (e, p) for e in ("torch", "onnxruntime") for p in ("whole", "encoder")
-    }
-    assert "process of its own" in (tmp_path / "speed.md").read_text()
+    ]
+    for r in data["rows"]:
+        assert len(r["round_medians_ms"]) == 3
+        assert r["ms_per_call"] == round(statistics.median(r["round_medians_ms"]), 3)
+        assert r["round_min_ms"] <= r["ms_per_call"] <= r["round_max_ms"]
+    text = (tmp_path / "speed.md").read_text()
+    assert "process of its own" in text and "Median over 3 rounds" in text
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])

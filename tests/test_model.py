@@ -11,7 +11,7 @@ from prnad.config import EncoderConfig, LossConfig, ModelConfig, RunConfig, from
 from prnad.encoders import ENCODERS
 from prnad.errors import CheckpointError, ConfigError
 from prnad.model import build_encoder, build_prn, prn_loss
-from prnad.model.attention import MSABlock, MSAStack, _merge, _partition, window_attention
+from prnad.model.attention import MSABlock, MSAStack, _merge, _partition, pooled_size, window_attention
 from prnad.model.decoder import Decoder
 from prnad.model.encoder import Conv2dTFSame, check_weights_source
 from prnad.model.fusion import MultiScaleFusion
@@ -350,22 +350,50 @@ def test_window_partition_round_trip():
 def test_window_attention_stays_inside_windows():
     q = torch.randn(1, 8, 8, 4)
     kv = torch.randn(1, 8, 8, 8)
-    out = window_attention(q, kv, grid=2, heads=1, max_kv=8)
+    out = window_attention(q, kv, grid=2, heads=1)
     kv2 = kv.clone()
     kv2[:, 4:, 4:] += 5.0  # change only the bottom-right window's keys/values
-    out2 = window_attention(q, kv2, grid=2, heads=1, max_kv=8)
+    out2 = window_attention(q, kv2, grid=2, heads=1)
     assert torch.equal(out[:, :4, :4], out2[:, :4, :4])
     assert not torch.allclose(out[:, 4:, 4:], out2[:, 4:, 4:])
 
 
-def test_window_attention_pools_keys_to_max_kv():
+def test_window_attention_reads_pooled_keys():
     q = torch.randn(1, 8, 8, 4)
     kv = torch.randn(1, 8, 8, 8)
     pooled = F.avg_pool2d(kv.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # (1, 4, 4, 8)
     k, v = pooled.chunk(2, dim=-1)
     expected = F.scaled_dot_product_attention(q.reshape(1, 1, 64, 4), k.reshape(1, 1, 16, 4), v.reshape(1, 1, 16, 4))
-    got = window_attention(q, kv, grid=1, heads=1, max_kv=4)
+    got = window_attention(q, pooled, grid=1, heads=1)
     torch.testing.assert_close(got.reshape(1, 1, 64, 4), expected)
+    assert pooled_size((8, 8), 1, 4) == (4, 4) and pooled_size((8, 8), 2, 4) == (8, 8)
+    assert pooled_size((16, 16), 4, 2) == (8, 8)
+
+
+def _msa_block_projecting_every_location(block: MSABlock, x: torch.Tensor) -> torch.Tensor:
+    """MSABlock's forward as first written: keys and values projected at every location, then pooled."""
+    x = x + block.position(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    qkv = block.qkv(block.norm(x))
+    d = x.shape[-1]
+    q, kv = qkv[..., :d], qkv[..., d:]
+    branches = []
+    for g in block.grids:
+        side = pooled_size(x.shape[1:3], g, block.max_kv)
+        pooled = F.adaptive_avg_pool2d(kv.permute(0, 3, 1, 2), side).permute(0, 2, 3, 1)
+        branches.append(window_attention(q, pooled, grid=g, heads=block.heads))
+    return x + block.merge(torch.cat(branches, dim=-1))
+
+
+@pytest.mark.parametrize("grids", [(1,), (1, 2), (1, 2, 4)])
+def test_msa_block_pools_before_projecting_to_the_same_result(grids):
+    """Where every branch pools its keys the block pools the normalised map first and projects the fewer
+    vectors (pooling and an affine map commute); otherwise it projects every location once. Either way the
+    result is the block's as first written, projection then pooling."""
+    torch.manual_seed(0)
+    block = MSABlock(channels=8, grids=grids, heads=2, max_kv=2).eval()
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _msa_block_projecting_every_location(block, x), rtol=1e-5, atol=1e-5)
 
 
 def test_msa_block_and_stack_shapes():
@@ -376,7 +404,9 @@ def test_msa_block_and_stack_shapes():
     assert stack(x).shape == x.shape
     assert torch.equal(MSAStack(channels=12, blocks=0, grids=(1,), head_dim=4, max_kv=4)(x), x)
     with pytest.raises(ValueError, match="grid"):
-        window_attention(torch.randn(1, 6, 6, 4), torch.randn(1, 6, 6, 8), grid=4, heads=1, max_kv=8)
+        window_attention(torch.randn(1, 6, 6, 4), torch.randn(1, 6, 6, 8), grid=4, heads=1)
+    with pytest.raises(ValueError, match="grid"):
+        pooled_size((6, 6), 4, 8)
 
 
 def test_decoder_shapes():

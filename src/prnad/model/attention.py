@@ -49,17 +49,24 @@ def _pool(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1)
 
 
-def window_attention(q: torch.Tensor, kv: torch.Tensor, *, grid: int, heads: int, max_kv: int) -> torch.Tensor:
-    """Attention inside each window of a ``grid`` x ``grid`` split.
-
-    q: (B, H, W, D); kv: keys and values side by side, (B, H, W, 2D). Output: (B, H, W, D).
-    """
-    b, hh, ww, _ = q.shape
+def pooled_size(size: tuple[int, int], grid: int, max_kv: int) -> tuple[int, int]:
+    """Side of the keys' map for a ``grid`` x ``grid`` split of a ``size`` map: each window's keys average-pooled
+    to at most ``max_kv`` x ``max_kv``, so (g * min(H/g, max_kv), g * min(W/g, max_kv))."""
+    hh, ww = size
     if hh % grid or ww % grid:
         raise ValueError(f"map {hh}x{ww} does not split into a {grid}x{grid} grid")
-    kv_h, kv_w = min(hh // grid, max_kv), min(ww // grid, max_kv)
-    if (kv_h, kv_w) != (hh // grid, ww // grid):
-        kv = _pool(kv, grid * kv_h, grid * kv_w)  # (B, g*kv_h, g*kv_w, 2D)
+    return grid * min(hh // grid, max_kv), grid * min(ww // grid, max_kv)
+
+
+def window_attention(q: torch.Tensor, kv: torch.Tensor, *, grid: int, heads: int) -> torch.Tensor:
+    """Attention inside each window of a ``grid`` x ``grid`` split.
+
+    q: (B, H, W, D); kv: keys and values side by side, (B, H', W', 2D), H' and W' multiples of the grid (each
+    window's keys may be pooled to fewer than its queries). Output: (B, H, W, D).
+    """
+    b, hh, ww, _ = q.shape
+    if hh % grid or ww % grid or kv.shape[1] % grid or kv.shape[2] % grid:
+        raise ValueError(f"maps {hh}x{ww} and {kv.shape[1]}x{kv.shape[2]} do not split into a {grid}x{grid} grid")
     k, v = kv.chunk(2, dim=-1)
     parts = (_partition(t, grid, heads) for t in (q, k, v))
     out = F.scaled_dot_product_attention(*parts)  # (B*g*g, n, h*w, e)
@@ -86,10 +93,20 @@ class MSABlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.position(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # conv on a channels-last view
-        qkv = self.qkv(self.norm(x))  # (B, H, W, 3D)
+        normed = self.norm(x)  # (B, H, W, D)
         d = x.shape[-1]
-        q, kv = qkv[..., :d], qkv[..., d:]  # (B, H, W, D), (B, H, W, 2D)
-        branches = [window_attention(q, kv, grid=g, heads=self.heads, max_kv=self.max_kv) for g in self.grids]
+        w, b = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,): rows [query; key; value]
+        q = F.linear(normed, w[:d], b[:d])  # (B, H, W, D)
+        sizes = [pooled_size(x.shape[1:3], g, self.max_kv) for g in self.grids]
+        if any(s == x.shape[1:3] for s in sizes):
+            # some branch reads every location's keys: project once, pool per branch
+            kv = F.linear(normed, w[d:], b[d:])  # (B, H, W, 2D)
+            kvs = [kv if s == kv.shape[1:3] else _pool(kv, *s) for s in sizes]
+        else:
+            # every branch pools: pool first, then project the fewer vectors. Average pooling and an affine
+            # map commute (pooling weights sum to 1), so this equals projecting, then pooling
+            kvs = [F.linear(_pool(normed, *s), w[d:], b[d:]) for s in sizes]  # (B, H', W', 2D)
+        branches = [window_attention(q, kv, grid=g, heads=self.heads) for g, kv in zip(self.grids, kvs, strict=True)]
         return x + self.merge(torch.cat(branches, dim=-1))  # cat: (B, H, W, len(grids)*D)
 
 
