@@ -11,7 +11,8 @@ turns in each round, and a row gives the median of the round medians and their r
 speed drifts, a slow spell then falls on every engine alike instead of on one.
 
 Engines: ``torch`` (the BatchNorm-folded eval model), ``onnxruntime`` and ``openvino`` (the run's exported
-graph, float32, spinning off); engines that are not installed are skipped and said so. With more than one
+graph, float32, threads spinning off), and ``onnxruntime spin=run`` (ONNX Runtime's threads spinning within a
+run only, ``--ort-spin``); engines that are not installed are skipped and said so. With more than one
 engine asked for, each is timed in a process of its own (``--no-isolate``: all in this one), as a deployment
 runs one engine: in one process the engines' thread pools share the same cores. The processes are set up one
 after another, then take turns, one timing at a time. The per-part profile runs the PyTorch model's forward
@@ -43,6 +44,7 @@ from prnad.config import build_config, load_yaml
 from prnad.export import (
     ENGINE_PRECISIONS,
     ENGINES,
+    SPIN_MODES,
     OnnxRuntimeEngine,
     OpenVinoEngine,
     compile_openvino,
@@ -155,9 +157,16 @@ class _RawOv:
 
 
 def runners(
-    model: PRN, size: int, engines: list[str], folder: Path, skipped: dict, ov_precisions: tuple[str, ...] = ("fp32",)
+    model: PRN,
+    size: int,
+    engines: list[str],
+    folder: Path,
+    skipped: dict,
+    ov_precisions: tuple[str, ...] = ("fp32",),
+    ort_spins: tuple[str, ...] = ("off",),
 ) -> dict[tuple[str, str], dict[str, Callable]]:
-    """Per (engine, precision), callables for the whole model and for the encoder alone."""
+    """Per (engine, precision), callables for the whole model and for the encoder alone; ONNX Runtime once per
+    spin mode of ``ort_spins`` (``onnxruntime`` spinning off, ``onnxruntime spin=run`` spinning within runs)."""
     out: dict[tuple[str, str], dict[str, Callable]] = {}
     if "torch" in engines:
         out["torch", "fp32"] = {"whole": model, "encoder": model.encoder}
@@ -173,7 +182,12 @@ def runners(
     for engine in wanted:
         try:
             if engine == "onnxruntime":
-                out[engine, "fp32"] = {"whole": OnnxRuntimeEngine(whole), "encoder": _RawOrt(encoder)}
+                for spin in ort_spins:
+                    label = engine if spin == "off" else f"{engine} spin={spin}"
+                    out[label, "fp32"] = {
+                        "whole": OnnxRuntimeEngine(whole, spin=spin),
+                        "encoder": _RawOrt(encoder, spin=spin),
+                    }
             else:
                 xml_w = export_openvino(whole, folder / "ov" / "model.xml")
                 xml_e = export_openvino(encoder, folder / "ov" / "encoder.xml")
@@ -327,6 +341,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default="speed", help="results file stem (default speed)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "bf16"], choices=list(PRECISIONS))
     add_openvino_precisions(p)
+    p.add_argument(
+        "--ort-spin",
+        nargs="+",
+        default=["off", "run"],
+        choices=list(SPIN_MODES),
+        help="ONNX Runtime thread spinning modes to time: off (the default engine) and run (spinning within a "
+        "run only); default both",
+    )
     p.add_argument("--throughput-batch", type=int, default=256, help="large batch for GPU throughput")
     p.add_argument("--no-isolate", dest="isolate", action="store_false", help="time every engine in this process")
     p.add_argument(
@@ -362,7 +384,7 @@ def build_cells(model: PRN, size: int, engines: list[str], device: torch.device,
     """Cells for every (engine, precision), batch and part, warmed up by ``args.warmup`` untimed calls each;
     and the skipped engines."""
     skipped: dict[str, str] = {}
-    found = runners(model.cpu(), size, engines, folder, skipped, tuple(args.openvino_precisions))
+    found = runners(model.cpu(), size, engines, folder, skipped, tuple(args.openvino_precisions), tuple(args.ort_spin))
     model.to(device)
     cells = []
     for (engine, precision), parts in found.items():

@@ -154,8 +154,8 @@ def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatc
 
 def test_speed_times_each_engine_in_a_process_of_its_own_in_rounds(tmp_path: Path, monkeypatch):
     """With two engines, speed.py measures each in a child process (nothing of the other engine loaded), the
-    processes taking turns for --rounds rounds, and reports both engines' rows in one results file: per cell
-    the median of its round medians, within their range."""
+    processes taking turns for --rounds rounds, and reports both engines' rows (ONNX Runtime in both spin
+    modes) in one results file: per cell the median of its round medians, within their range."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import speed
 
@@ -165,7 +165,7 @@ def test_speed_times_each_engine_in_a_process_of_its_own_in_rounds(tmp_path: Pat
     data = speed.main([*args, "--results", str(tmp_path), *[item for s in sets for item in ("--set", s)]])
     assert data["engines_isolated"] and not data["skipped"] and data["rounds"] == 3
     assert [(r["engine"], r["part"]) for r in data["rows"]] == [
-        (e, p) for e in ("torch", "onnxruntime") for p in ("whole", "encoder")
+        (e, p) for e in ("torch", "onnxruntime", "onnxruntime spin=run") for p in ("whole", "encoder")
     ]
     for r in data["rows"]:
         assert len(r["round_medians_ms"]) == 3

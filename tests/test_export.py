@@ -16,7 +16,7 @@ import torch
 import prnad
 from prnad.cli import main
 from prnad.errors import CheckpointError, ConfigError
-from prnad.export import GRAPH_VERSION, OUTPUTS, ExportPaths, export_onnx
+from prnad.export import GRAPH_VERSION, OUTPUTS, ExportPaths, export_onnx, onnxruntime_options
 from prnad.model.prn import PRN
 from tests.conftest import tiny_overrides
 
@@ -112,6 +112,24 @@ def test_a_corrupt_export_is_a_clear_error(run: Path, tmp_path: Path):
         prnad.load(copy, device="cpu", engine="onnxruntime")
 
 
+def test_onnxruntime_spins_never_by_default_or_within_runs_when_asked(run: Path, tiny_category: Path):
+    """spin='off' (default): worker threads never spin; spin='run': they spin within a run and stop as it
+    returns. Same maps either way; other engines refuse a spin mode."""
+    off, within = onnxruntime_options(1), onnxruntime_options(1, spin="run")
+    assert off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert within.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert within.get_session_config_entry("session.force_spinning_stop") == "1"
+    files = _images(tiny_category)[:4]
+    a = prnad.load(run, device="cpu", engine="onnxruntime").predict(files)
+    b = prnad.load(run, device="cpu", engine="onnxruntime", spin="run").predict(files)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.anomaly_map, y.anomaly_map, atol=1e-6)
+    with pytest.raises(ConfigError, match="ONNX Runtime setting"):
+        prnad.load(run, device="cpu", engine="openvino", spin="run")
+    with pytest.raises(ConfigError, match="spin must be one of"):
+        prnad.load(run, device="cpu", engine="onnxruntime", spin="always")
+
+
 def test_unknown_engine_and_format(run: Path):
     with pytest.raises(ConfigError, match="engine"):
         prnad.load(run, device="cpu", engine="tensorrt")
@@ -127,6 +145,10 @@ def test_cli_export_and_predict_with_an_engine(run: Path, tiny_category: Path, t
     assert main(["predict", str(run), folder, "--out", str(out), "--engine", "openvino"]) == 0
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 and len(list(out.glob("*_overlay.png"))) == 3
+    out = tmp_path / "pred_ort"
+    assert main(["predict", str(run), folder, "--out", str(out), "--engine", "onnxruntime", "--spin", "run"]) == 0
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 3
+    assert main(["predict", str(run), folder, "--out", str(tmp_path / "x"), "--spin", "run"]) == 2  # torch: refused
 
 
 def test_bf16_autocast_stays_close_to_float32(run: Path, tiny_category: Path):

@@ -119,6 +119,7 @@ class Detector:
         device: str,
         engine: str = "torch",
         precision: str = "fp32",
+        spin: str = "off",
     ):
         self.device = resolve_device(device)
         self.config = config
@@ -129,7 +130,7 @@ class Detector:
             raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {self.device}")
         self.engine, self.precision = engine, precision
         model_file = None if run_dir is None else RunPaths(run_dir).model
-        self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size, precision)
+        self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size, precision, spin)
         if precision != "fp32" and engine == "torch":
             self.runner = ReducedPrecision(self.model, precision, self.device)
         fitted = info.get("thresholds") or {}
@@ -153,14 +154,21 @@ class Detector:
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, *, device: str = "auto", engine: str = "torch", precision: str = "fp32"
+        cls,
+        run_dir: str | Path,
+        *,
+        device: str = "auto",
+        engine: str = "torch",
+        precision: str = "fp32",
+        spin: str = "off",
     ) -> Detector:
         """Load the final model of a run folder (``model.safetensors``); errors name the file.
 
         ``engine``: ``torch`` runs the PyTorch model; ``onnxruntime`` and ``openvino`` run its exported graph
         (made into ``<run>/export/`` first when missing or older than the model). ``precision``: ``fp32``;
         ``fp16``/``bf16`` autocast for the PyTorch engine (for GPUs; maps within about 1e-2 of float32);
-        ``bf16`` for OpenVINO (matmuls and convolutions in bfloat16 on CPUs that have it).
+        ``bf16`` for OpenVINO (matmuls and convolutions in bfloat16 on CPUs that have it). ``spin``: ONNX
+        Runtime's worker threads ``off`` (default) or spinning only while a ``run`` is in progress.
         """
         paths = RunPaths(Path(run_dir))
         if not paths.root.is_dir():
@@ -180,6 +188,7 @@ class Detector:
             device=str(torch_device),
             engine=engine,
             precision=precision,
+            spin=spin,
         )
 
     @property
