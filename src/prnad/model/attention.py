@@ -95,16 +95,17 @@ class MSABlock(nn.Module):
         x = x + self.position(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # conv on a channels-last view
         normed = self.norm(x)  # (B, H, W, D)
         d = x.shape[-1]
-        w, b = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,): rows [query; key; value]
-        q = F.linear(normed, w[:d], b[:d])  # (B, H, W, D)
         sizes = [pooled_size(x.shape[1:3], g, self.max_kv) for g in self.grids]
         if any(s == x.shape[1:3] for s in sizes):
-            # some branch reads every location's keys: project once, pool per branch
-            kv = F.linear(normed, w[d:], b[d:])  # (B, H, W, 2D)
+            # some branch reads every location's keys: project every location once, pool per branch
+            qkv = self.qkv(normed)  # (B, H, W, 3D)
+            q, kv = qkv[..., :d], qkv[..., d:]  # (B, H, W, D), (B, H, W, 2D)
             kvs = [kv if s == kv.shape[1:3] else _pool(kv, *s) for s in sizes]
         else:
             # every branch pools: pool first, then project the fewer vectors. Average pooling and an affine
             # map commute (pooling weights sum to 1), so this equals projecting, then pooling
+            w, b = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,): rows [query; key; value]
+            q = F.linear(normed, w[:d], b[:d])  # (B, H, W, D)
             kvs = [F.linear(_pool(normed, *s), w[d:], b[d:]) for s in sizes]  # (B, H', W', 2D)
         branches = [window_attention(q, kv, grid=g, heads=self.heads) for g, kv in zip(self.grids, kvs, strict=True)]
         return x + self.merge(torch.cat(branches, dim=-1))  # cat: (B, H, W, len(grids)*D)
