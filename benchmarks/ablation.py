@@ -90,11 +90,11 @@ CHANGES: dict[str, dict[str, object]] = {
         "model.msa_scales": [2],
         "model.decoder_bottom": False,
     },
-    # the 8 ms preset (configs/line.yaml): the fast head with the spec's whole-map prototypes and no score banks
-    # (no nearest-neighbour search over memory banks at inference)
+    # the first 8 ms preset: the fast head with the spec's whole-map prototypes and no score banks (no
+    # nearest-neighbour search over memory banks at inference)
     "line_map": {**FAST, "model.prototype_match": "map", "model.score_bank_size": 0},
-    # the line preset made cheaper where its profile spends most (issue: deploy on the line): one whole-map
-    # attention branch instead of three window sizes, and half the decoder widths
+    # the line preset (configs/line.yaml): line_map made cheaper where its profile spends most (issue: deploy
+    # on the line), one whole-map attention branch instead of three window sizes and half the decoder widths
     "line_lite": {
         **FAST,
         "model.prototype_match": "map",

@@ -125,13 +125,13 @@ def test_benchmark_records_an_ablation_candidate_only_if_it_is_the_config_it_tra
 
 
 def test_the_line_preset_is_the_ablation_candidate_that_was_measured(monkeypatch):
-    """configs/line.yaml trains what candidate line_map trained (the runs its figures come from)."""
+    """configs/line.yaml trains what candidate line_lite trained (the runs its figures come from)."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import ablation
 
     bench = _bench_module()
     config = bench.config
-    sets = ablation.candidate_sets("line_map")
+    sets = ablation.candidate_sets("line_lite")
     measured = config.build_config(
         config.load_yaml(REPO / "configs/mobilenet_v2_tf.yaml"), bench.dotted_overrides(sets)
     )
