@@ -380,7 +380,9 @@ class Cell:
         return out | ({"max_map_diff_vs_fp32": self.map_diff} if self.map_diff else {})
 
 
-def build_cells(model: PRN, size: int, engines: list[str], device: torch.device, args, folder: Path) -> tuple:
+def build_cells(
+    model: PRN, size: int, engines: list[str], device: torch.device, args, folder: Path
+) -> tuple[list[Cell], dict[str, str]]:
     """Cells for every (engine, precision), batch and part, warmed up by ``args.warmup`` untimed calls each;
     and the skipped engines."""
     skipped: dict[str, str] = {}
@@ -444,7 +446,7 @@ def _hear(child: subprocess.Popen) -> object:
 
 def serve(model: PRN, size: int, engines: list[str], device: torch.device, args) -> None:
     """A child's loop: build and warm up this engine's cells, say their keys, then time one round per
-    ``round`` line read from stdin and say the medians, until ``quit``."""
+    ``round`` line read from stdin and say the medians, until stdin closes (or another line comes)."""
     with tempfile.TemporaryDirectory() as tmp:
         cells, skipped = build_cells(model, size, engines, device, args, Path(tmp))
         _say({"keys": [c.key() for c in cells], "skipped": skipped})
