@@ -13,12 +13,15 @@ from typing import Any
 
 from prnad.config import RunConfig, build_config, load_yaml, merge, to_dict
 from prnad.evaluate import format_table
+from prnad.export import ENGINES, SPIN_MODES  # what load() takes as engine and spin
 from prnad.inference import Detector, Prediction
 from prnad.predict import predict_to_folder
 
 ConfigSource = str | Path | dict | RunConfig | None
 
 __all__ = [
+    "ENGINES",
+    "SPIN_MODES",
     "Detector",
     "Prediction",
     "demo",

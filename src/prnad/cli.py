@@ -16,7 +16,6 @@ from prnad import api
 from prnad._version import __version__
 from prnad.config import BACKBONES
 from prnad.errors import PrnadError
-from prnad.export import ENGINES, SPIN_MODES
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -67,7 +66,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     """--device, --engine, --precision and --spin of the commands that run a trained model (evaluate, predict)."""
     p.add_argument("--device", default="auto")
-    p.add_argument("--engine", choices=list(ENGINES), default="torch", help="(default torch)")
+    p.add_argument("--engine", choices=list(api.ENGINES), default="torch", help="(default torch)")
     p.add_argument(
         "--precision",
         choices=["fp32", "fp16", "bf16"],
@@ -76,7 +75,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--spin",
-        choices=list(SPIN_MODES),
+        choices=list(api.SPIN_MODES),
         default="off",
         help="onnxruntime: worker threads spin never (off, default) or only while an image is run (run: faster "
         "at batch 1, no core taken between images)",
