@@ -16,8 +16,10 @@ run only, ``--ort-spin``); engines that are not installed are skipped and said s
 engine asked for, each is timed in a process of its own (``--no-isolate``: all in this one), as a deployment
 runs one engine: in one process the engines' thread pools share the same cores. The processes are set up one
 after another, then take turns, one timing at a time. The per-part profile runs the PyTorch model's forward
-stage by stage (and checks that the stages give the model's own logits). Writes
-``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
+stage by stage (and checks that the stages give the model's own logits). With several
+``--run``s (``--run A B``) every (run, engine) pair is a process of its own, all taking turns in the same
+rounds, and every row names its model: models compared in one sitting, a slow spell falling on each alike.
+Writes ``benchmarks/results/speed.json`` and ``speed.md``; prints what it measured.
 """
 
 from __future__ import annotations
@@ -325,7 +327,12 @@ def add_openvino_precisions(p: argparse.ArgumentParser) -> None:
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", help="trained run folder (default: a random head on --config's encoder)")
+    p.add_argument(
+        "--run",
+        nargs="+",
+        help="trained run folder(s) (default: a random head on --config's encoder); several are timed in the same "
+        "rounds, each engine of each run in a process of its own",
+    )
     p.add_argument("--config", help="YAML config for the random-head model (default: the defaults)")
     p.add_argument("--prototypes", type=int, default=21, help="prototypes per scale of the random model")
     p.add_argument(
@@ -359,7 +366,22 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "the median over rounds of each round's median, and the rounds' range (default 1)",
     )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # an isolated engine's own process
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.run and len(args.run) > 1 and not args.serve and (not args.isolate or args.device != "cpu"):
+        p.error("several --run are compared on the CPU, each engine of each run in a process of its own")
+    return args
+
+
+def load_model(args: argparse.Namespace, run: str | None) -> tuple[PRN, int, str, str]:
+    """The model to time: ``run``'s (as trained), or a random head on ``args.config``; its input size, a
+    description of its source, and its backbone."""
+    if run:
+        detector = prnad.load(run, device="cpu")
+        return detector.model, detector.image_size, run, detector.config.model.encoder.backbone
+    model, size = random_model(args.config, args.prototypes, args.set)
+    sets = "".join(f", {item}" for item in args.set)
+    backbone = build_config(load_yaml(args.config) if args.config else {}).model.encoder.backbone
+    return model, size, f"random head ({args.config or 'defaults'}{sets})", backbone
 
 
 @dataclass
@@ -456,19 +478,26 @@ def serve(model: PRN, size: int, engines: list[str], device: torch.device, args)
             _say(time_round(cells, args.repeats))
 
 
-def isolated_rows(argv: list[str], engines: list[str], rounds: int) -> tuple[list[dict], dict[str, str]]:
-    """Each engine timed in a process of its own, the processes taking turns: ``rounds`` rounds, each round
-    timing every engine once, one process at a time, starting with a different engine each round (a
-    slow spell of the machine then falls on every engine alike). Rows in ``engines`` order; skipped engines."""
+def isolated_rows(
+    argv: list[str], engines: list[str], rounds: int, runs: list[str] | None = None
+) -> tuple[list[dict], dict[str, str]]:
+    """Each engine (of each of ``runs``, or of the model ``argv`` names) timed in a process of its own, the
+    processes taking turns: ``rounds`` rounds, each round timing every process once, one at a time, starting
+    with a different one each round (a slow spell of the machine then falls on every engine alike). Rows in
+    ``runs`` then ``engines`` order, each naming its run when there are several; skipped engines."""
+    jobs = [(run, e) for run in (runs or [None]) for e in engines]
     children, hello = [], []
     try:
-        for engine in engines:  # one at a time: an engine's export does not overlap another's timing
+        for run, engine in jobs:  # one at a time: an engine's export does not overlap another's timing
             cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--engines", engine, "--no-isolate", "--serve"]
+            cmd += ["--run", run] if run else []  # a later --run replaces the list given before
             children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             hello.append(_hear(children[-1]))
-        medians: list[list[list[float]]] = [[] for _ in engines]  # per engine, per round, per cell
+            if runs and len(runs) > 1:
+                hello[-1]["keys"] = [{"model": run, **k} for k in hello[-1]["keys"]]
+        medians: list[list[list[float]]] = [[] for _ in jobs]  # per process, per round, per cell
         for r in range(rounds):
-            for i in [(r + j) % len(engines) for j in range(len(engines))]:
+            for i in [(r + j) % len(jobs) for j in range(len(jobs))]:
                 children[i].stdin.write("round\n")
                 children[i].stdin.flush()
                 medians[i].append(_hear(children[i]))
@@ -487,43 +516,44 @@ def main(argv: list[str] | None = None) -> dict:
     args = _args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.run:
-        detector = prnad.load(args.run, device="cpu")
-        model, size, source = detector.model, detector.image_size, args.run
-        backbone = detector.config.model.encoder.backbone
-    else:
-        model, size = random_model(args.config, args.prototypes, args.set)
-        sets = "".join(f", {item}" for item in args.set)
-        source, backbone = f"random head ({args.config or 'defaults'}{sets})", None
+    runs = args.run or [None]
+    model, size, source, backbone = load_model(args, runs[0])
     model = model.to(device).eval()
     engines = [e for e in args.engines if e == "torch" or device.type == "cpu"]
     if args.serve:
         serve(model, size, engines, device, args)
         return {}
-    if args.isolate and len(engines) > 1:
-        rows, skipped = isolated_rows(list(sys.argv[1:] if argv is None else argv), engines, args.rounds)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(runs) > 1:
+        rows, skipped = isolated_rows(argv, engines, args.rounds, runs)
+    elif args.isolate and len(engines) > 1:
+        rows, skipped = isolated_rows(argv, engines, args.rounds)
     else:
         rows, skipped = local_rows(model, size, engines, device, args)
     for r in rows:
         print(json.dumps({k: v for k, v in r.items() if k != "round_medians_ms"}), flush=True)
-    model = model.to(device)
     if device.type == "cuda":
         rows += gpu_rows(model, size, device, args)
-    profile = profile_parts(model, torch.rand(1, 3, size, size, device=device), device, args.warmup, args.repeats)
+    profiles = {}
+    for run in runs:  # the PyTorch model's parts, one model at a time
+        if run != runs[0]:
+            model, size, _, _ = load_model(args, run)
+        x = torch.rand(1, 3, size, size, device=device)
+        profiles[run or source] = profile_parts(model.to(device).eval(), x, device, args.warmup, args.repeats)
     data = {
         "device": device_name(device),
         "threads": args.threads,
         "machine": platform.node(),
         "date": dt.date.today().isoformat(),
         "torch": torch.__version__,
-        "model": source,
-        "backbone": backbone or build_config(load_yaml(args.config) if args.config else {}).model.encoder.backbone,
+        "model": ", ".join(profiles),
+        "backbone": backbone,
         "image_size": size,
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/speed.py " + " ".join(argv),
         "rows": rows,
         "skipped": skipped,
-        "profile_torch_b1_ms": profile,
-        "engines_isolated": bool(args.isolate and len(engines) > 1),
+        "profile_torch_b1_ms": next(iter(profiles.values())) if len(runs) == 1 else profiles,
+        "engines_isolated": bool(len(runs) > 1 or (args.isolate and len(engines) > 1)),
         "rounds": args.rounds,
         "repeats": args.repeats,
     }
@@ -541,31 +571,36 @@ def write(folder: Path, name: str, data: dict) -> None:
         if rounds > 1
         else "Median wall time per call"
     )
+    several = any("model" in r for r in data["rows"])  # rows of several runs, each naming its model
     lines = [
         f"# Inference speed ({data['device']}, {data['threads']} threads, {data['date']})",
         "",
-        f"Model: {data['model']} ({data['backbone']}, {data['image_size']} px). torch {data['torch']}.",
+        f"Model{'s' if several else ''}: {data['model']} ({data['backbone']}, {data['image_size']} px). "
+        f"torch {data['torch']}.",
         f"Command: `{data['command']}`",
         "",
         f"{how} after warm-up, input a float tensor (no decoding); ms per image = per call / batch."
         + (" Each engine timed in a process of its own." if data.get("engines_isolated") else ""),
         "",
-        "| engine | precision | part | batch | ms per call | ms per image | images/s | max map diff to fp32 |"
+        ("| model " if several else "")
+        + "| engine | precision | part | batch | ms per call | ms per image | images/s | max map diff to fp32 |"
         + (" rounds' range, ms per call |" if rounds > 1 else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|" if rounds > 1 else ""),
+        ("|---" if several else "") + "|---|---|---|---|---|---|---|---|" + ("---|" if rounds > 1 else ""),
     ]
     for r in data["rows"]:
         spread = f" {r['round_min_ms']:.3f} - {r['round_max_ms']:.3f} |" if "round_min_ms" in r else ""
         lines.append(
-            f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['part']} | {r['batch']} | {r['ms_per_call']:.3f} | "
+            (f"| {r['model']} " if several else "")
+            + f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['part']} | {r['batch']} | {r['ms_per_call']:.3f} | "
             f"{r['ms_per_image']:.3f} | {1000 * r['batch'] / r['ms_per_call']:.0f} | "
             f"{r.get('max_map_diff_vs_fp32', '')} |" + spread
         )
     lines += [f"| {e} | | skipped: {why} | | | | | |" for e, why in data["skipped"].items()]
-    total = sum(data["profile_torch_b1_ms"].values()) or 1.0
-    lines += ["", "Per-part profile, PyTorch eager, batch 1 (medians; their sum need not equal the whole):", ""]
-    lines += ["| part | ms | share |", "|---|---|---|"]
-    lines += [f"| {p} | {ms:.2f} | {100 * ms / total:.0f} % |" for p, ms in data["profile_torch_b1_ms"].items()]
+    profiles = data["profile_torch_b1_ms"] if several else {data["model"]: data["profile_torch_b1_ms"]}
+    lines += ["", "Per-part profile, PyTorch eager, batch 1, ms (medians; their sum need not equal the whole):", ""]
+    lines += ["| part | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    lines += [f"| {p} | " + " | ".join(f"{t[p]:.2f}" for t in profiles.values()) + " |" for p in PARTS]
+    lines += ["| sum | " + " | ".join(f"{sum(t.values()):.2f}" for t in profiles.values()) + " |"]
     (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -175,6 +175,34 @@ def test_speed_times_each_engine_in_a_process_of_its_own_in_rounds(tmp_path: Pat
     assert "process of its own" in text and "Median over 3 rounds" in text
 
 
+def test_speed_compares_several_runs_in_the_same_rounds(tiny_category: Path, tmp_path: Path, monkeypatch):
+    """speed.py --run A B: each run's engine in a process of its own, all in the same rounds; every row names its
+    run, in the order given, and each run's PyTorch parts are profiled (the stages give its own logits)."""
+    import prnad
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import speed
+
+    runs = []
+    for name, bank in (("a", 0), ("b", 16)):
+        values = tiny_overrides(tiny_category)
+        values["model"]["score_bank_size"] = bank
+        values["threshold"] = {"holdout_fraction": 0.2, "calibration_anomalies": 4}
+        runs.append(str(prnad.train(tiny_category, tmp_path / name, overrides=values).run_dir))
+    args = ["--run", *runs, "--engines", "torch", "--batches", "1", "--repeats", "2", "--warmup", "0"]
+    data = speed.main([*args, "--rounds", "2", "--results", str(tmp_path)])
+    assert data["engines_isolated"] and data["rounds"] == 2
+    assert [(r["model"], r["part"]) for r in data["rows"]] == [(run, p) for run in runs for p in ("whole", "encoder")]
+    assert all(len(r["round_medians_ms"]) == 2 for r in data["rows"])
+    assert list(data["profile_torch_b1_ms"]) == runs
+    assert data["profile_torch_b1_ms"][runs[0]]["score banks"] < data["profile_torch_b1_ms"][runs[1]]["score banks"]
+    text = (tmp_path / "speed.md").read_text()
+    assert f"| {runs[1]} | torch | fp32 | whole | 1 |" in text and f"| part | {runs[0]} | {runs[1]} |" in text
+    with pytest.raises(SystemExit):
+        speed.main([*args, "--no-isolate", "--results", str(tmp_path)])
+
+
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_ort_profile_puts_the_kernel_time_under_the_models_parts(tmp_path: Path, monkeypatch, engine: str):
     """benchmarks/ort_profile.py: per-part and per-operator times sum to the same kernel time, the encoder's
