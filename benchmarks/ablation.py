@@ -102,6 +102,16 @@ CHANGES: dict[str, dict[str, object]] = {
         "model.msa_grids": [1],
         "model.decoder_channels": [32, 16, 8],
     },
+    # the balanced preset (configs/balanced.yaml): the line preset with the default's score banks (4096 vectors
+    # per scale at strides 8 and 16, queried every 8 px); the banks never enter the loss, so
+    # benchmarks/score_bank.py adding them to the line_lite runs gives what training this candidate gives
+    "line_banks": {
+        **FAST,
+        "model.prototype_match": "map",
+        "model.score_bank_size": 4096,
+        "model.msa_grids": [1],
+        "model.decoder_channels": [32, 16, 8],
+    },
 }
 CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
 

@@ -124,18 +124,34 @@ def test_benchmark_records_an_ablation_candidate_only_if_it_is_the_config_it_tra
     assert not (results / "bottle.json").exists()
 
 
-def test_the_line_preset_is_the_ablation_candidate_that_was_measured(monkeypatch):
-    """configs/line.yaml trains what candidate line_lite trained (the runs its figures come from)."""
+@pytest.mark.parametrize(("preset", "candidate"), [("line", "line_lite"), ("balanced", "line_banks")])
+def test_a_preset_is_the_ablation_candidate_that_was_measured(monkeypatch, preset: str, candidate: str):
+    """configs/<preset>.yaml trains what the candidate its figures come from trained (line_banks: the line_lite
+    runs with score banks added, which is what training it gives)."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import ablation
 
     bench = _bench_module()
     config = bench.config
-    sets = ablation.candidate_sets("line_lite")
+    sets = ablation.candidate_sets(candidate)
     measured = config.build_config(
         config.load_yaml(REPO / "configs/mobilenet_v2_tf.yaml"), bench.dotted_overrides(sets)
     )
-    assert config.to_dict(config.build_config(config.load_yaml(REPO / "configs/line.yaml"))) == config.to_dict(measured)
+    preset_config = config.build_config(config.load_yaml(REPO / f"configs/{preset}.yaml"))
+    assert config.to_dict(preset_config) == config.to_dict(measured)
+
+
+def test_the_balanced_preset_is_the_line_preset_with_the_defaults_score_banks(monkeypatch):
+    """The two presets differ in the score banks only, and the balanced one's are the default's."""
+    config = _bench_module().config
+    line, balanced = (
+        config.to_dict(config.build_config(config.load_yaml(REPO / f"configs/{p}.yaml"))) for p in ("line", "balanced")
+    )
+    default = config.build_config({}).model
+    assert (
+        balanced["model"].pop("score_bank_size") == default.score_bank_size > 0 == line["model"].pop("score_bank_size")
+    )
+    assert balanced == line
 
 
 def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):
