@@ -9,6 +9,7 @@ import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +218,40 @@ def test_speed_compares_several_runs_in_the_same_rounds(tiny_category: Path, tmp
     assert f"| {runs[1]} | torch | fp32 | whole | 1 |" in text and f"| part | {runs[0]} | {runs[1]} |" in text
     with pytest.raises(SystemExit):
         speed.main([*args, "--no-isolate", "--results", str(tmp_path)])
+
+
+def test_gpu_check_packs_a_run_and_compares_a_device_with_the_cpu(tmp_path: Path, monkeypatch):
+    """benchmarks/gpu_check.py: pack copies the run and the test split at the run's size (masks still binary);
+    check on the packed copy, here with the CPU as the device, finds no difference in float32 and a nonzero
+    one in bf16, and the packed split gives the metrics of the original."""
+    from PIL import Image
+
+    import prnad
+    from prnad.data import write_tiny_category
+    from tests.conftest import tiny_overrides
+
+    category = write_tiny_category(
+        tmp_path / "tiny128", rng=np.random.default_rng(1), size=128, n_train=8, n_good_test=3
+    )
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    detector = prnad.train(category, tmp_path / "runs" / "seed0", overrides=tiny_overrides(category))  # 64 px
+    packed = gpu_check.main(
+        ["pack", "--runs", str(detector.run_dir), "--data", str(category), "--out", str(tmp_path / "dd")]
+    )
+    masks = gpu_check.images_under(Path(packed["data"]) / "ground_truth")
+    assert masks and all(
+        Image.open(m).size == (64, 64) and set(np.unique(np.asarray(Image.open(m)))) <= {0, 255} for m in masks
+    )
+    args = ["check", "--runs", *packed["runs"], "--data", packed["data"], "--device", "cpu", "--images", "4"]
+    data = gpu_check.main([*args, "--precisions", "fp32", "bf16", "--results", str(tmp_path / "results")])
+    run = data["runs"][packed["runs"][0]]
+    fp32, bf16 = run["device"]["fp32"], run["device"]["bf16"]
+    assert fp32["max_map_diff"] == fp32["max_score_diff"] == fp32["max_metric_diff_points"] == 0
+    assert fp32["decisions_changed"] == 0 and bf16["max_map_diff"] > 0
+    assert run["cpu_fp32"]["metrics"] == pytest.approx(detector.evaluate()["metrics"], abs=1e-6)
+    assert "| cpu fp32 |" in (tmp_path / "results" / "gpu_check.md").read_text()
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
