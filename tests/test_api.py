@@ -193,3 +193,15 @@ def test_inference_never_imports_training():
                 reach.add(nxt)
                 todo.append(nxt)
     assert not any(m.startswith("prnad.training") for m in reach), sorted(reach)
+
+
+def test_presets_layer_under_the_config_and_an_unknown_one_is_refused():
+    """make_config(preset=...): the preset over the defaults, the config and overrides over the preset; the
+    'default' preset is the defaults; an unknown name raises ConfigError naming the presets."""
+    line = prnad.make_config(preset="line").model
+    assert (line.prototype_match, line.score_bank_size, line.decoder_channels) == ("map", 0, (32, 16, 8))
+    balanced = prnad.make_config(preset="balanced", overrides={"model": {"msa_blocks": 2}}).model
+    assert balanced.score_bank_size == prnad.make_config().model.score_bank_size > 0 and balanced.msa_blocks == 2
+    assert prnad.make_config(preset="default") == prnad.make_config()
+    with pytest.raises(prnad.ConfigError, match="line, balanced"):
+        prnad.make_config(preset="fast")

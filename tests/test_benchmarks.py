@@ -127,32 +127,20 @@ def test_benchmark_records_an_ablation_candidate_only_if_it_is_the_config_it_tra
 
 @pytest.mark.parametrize(("preset", "candidate"), [("line", "line_lite"), ("balanced", "line_banks")])
 def test_a_preset_is_the_ablation_candidate_that_was_measured(monkeypatch, preset: str, candidate: str):
-    """configs/<preset>.yaml trains what the candidate its figures come from trained (line_banks: the line_lite
-    runs with score banks added, which is what training it gives)."""
+    """configs/<preset>.yaml, and the encoder's config with the API's preset of that name, train what the
+    candidate its figures come from trained (line_banks: the line_lite runs with score banks added, which is
+    what training it gives)."""
+    import prnad
+
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import ablation
 
     bench = _bench_module()
     config = bench.config
-    sets = ablation.candidate_sets(candidate)
-    measured = config.build_config(
-        config.load_yaml(REPO / "configs/mobilenet_v2_tf.yaml"), bench.dotted_overrides(sets)
-    )
-    preset_config = config.build_config(config.load_yaml(REPO / f"configs/{preset}.yaml"))
-    assert config.to_dict(preset_config) == config.to_dict(measured)
-
-
-def test_the_balanced_preset_is_the_line_preset_with_the_defaults_score_banks(monkeypatch):
-    """The two presets differ in the score banks only, and the balanced one's are the default's."""
-    config = _bench_module().config
-    line, balanced = (
-        config.to_dict(config.build_config(config.load_yaml(REPO / f"configs/{p}.yaml"))) for p in ("line", "balanced")
-    )
-    default = config.build_config({}).model
-    assert (
-        balanced["model"].pop("score_bank_size") == default.score_bank_size > 0 == line["model"].pop("score_bank_size")
-    )
-    assert balanced == line
+    encoder = config.load_yaml(REPO / "configs/mobilenet_v2_tf.yaml")
+    measured = config.to_dict(config.build_config(encoder, bench.dotted_overrides(ablation.candidate_sets(candidate))))
+    assert config.to_dict(config.build_config(config.load_yaml(REPO / f"configs/{preset}.yaml"))) == measured
+    assert config.to_dict(prnad.make_config(REPO / "configs/mobilenet_v2_tf.yaml", preset=preset)) == measured
 
 
 def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):

@@ -55,6 +55,22 @@ def test_train_writes_a_run_folder(trained_run: Path):
     assert config["model"]["kmeans_restarts"] == 1  # from --config, with flags on top
 
 
+def test_train_with_a_preset_under_the_config_and_flags(tiny_category: Path, tmp_path: Path, fast_config: Path):
+    """--preset line gives the line head; --config and flags still override it (here the decoder widths)."""
+    out = tmp_path / "line"
+    argv = ["train", "--data", str(tiny_category), "--out", str(out), "--preset", "line", "--config", str(fast_config)]
+    assert main([*argv, "--no-progress", *FAST]) == 0
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    assert model["prototype_match"] == "map" and model["score_bank_size"] == 0 and model["msa_grids"] == [1]
+    assert model["decoder_channels"] == [16, 16, 8]  # the config file's, over the preset's [32, 16, 8]
+
+
+def test_an_unknown_preset_is_refused_naming_the_presets(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "fastest"])
+    assert exit_info.value.code == 2 and "balanced" in capsys.readouterr().err
+
+
 def test_evaluate_prints_metrics_and_saves_maps(trained_run: Path, tiny_category: Path, capsys):
     maps = trained_run / "maps"
     assert main(["evaluate", str(trained_run), "--save-maps", str(maps)]) == 0

@@ -6,10 +6,22 @@
 """
 
 from prnad._version import __version__
-from prnad.api import Detector, Prediction, demo, export, load, make_config, predict_folder, synth_preview, train
+from prnad.api import (
+    PRESETS,
+    Detector,
+    Prediction,
+    demo,
+    export,
+    load,
+    make_config,
+    predict_folder,
+    synth_preview,
+    train,
+)
 from prnad.errors import CheckpointError, ConfigError, DataError, InferenceError, PrnadError, TrainingError
 
 __all__ = [
+    "PRESETS",
     "CheckpointError",
     "ConfigError",
     "DataError",

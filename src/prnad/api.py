@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from prnad.config import RunConfig, build_config, load_yaml, merge, to_dict
+from prnad.config import PRESETS, RunConfig, build_config, load_yaml, merge, preset_layer, to_dict
 from prnad.evaluate import format_table
 from prnad.export import ENGINES, SPIN_MODES  # what load() takes as engine and spin
 from prnad.inference import Detector, Prediction
@@ -21,6 +21,7 @@ ConfigSource = str | Path | dict | RunConfig | None
 
 __all__ = [
     "ENGINES",
+    "PRESETS",
     "SPIN_MODES",
     "Detector",
     "Prediction",
@@ -49,18 +50,20 @@ def _layer(source: ConfigSource) -> dict[str, Any]:
 def make_config(
     config: ConfigSource = None,
     *,
+    preset: str | None = None,
     data: str | Path | None = None,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults, then ``config`` (a YAML file, a nested dict or a RunConfig), then ``overrides`` (a nested dict
-    such as ``{"train": {"iterations": 300}}``), then ``data`` and ``seed``. Unknown keys raise ConfigError."""
+    """Defaults, then ``preset`` (a name of :data:`PRESETS`: ``default``, ``line`` the fastest, ``balanced``),
+    then ``config`` (a YAML file, a nested dict or a RunConfig), then ``overrides`` (a nested dict such as
+    ``{"train": {"iterations": 300}}``), then ``data`` and ``seed``. Unknown keys or presets raise ConfigError."""
     top: dict[str, Any] = {}
     if data is not None:
         top = merge(top, {"data": {"root": str(data)}})
     if seed is not None:
         top = merge(top, {"train": {"seed": seed}})
-    return build_config(_layer(config), overrides or {}, top)
+    return build_config(preset_layer(preset), _layer(config), overrides or {}, top)
 
 
 def train(
@@ -68,6 +71,7 @@ def train(
     out: str | Path,
     *,
     config: ConfigSource = None,
+    preset: str | None = None,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
@@ -76,7 +80,9 @@ def train(
 ) -> Detector:
     """Train PRN on the category folder ``data`` (MVTec AD layout) into the run folder ``out``; returns its Detector.
 
-    ``config``/``overrides``/``seed`` as in :func:`make_config` (``data`` None: the config's ``data.root``).
+    ``config``/``preset``/``overrides``/``seed`` as in :func:`make_config` (``data`` None: the config's
+    ``data.root``). Presets trade accuracy for speed: ``line`` the fastest, ``balanced`` between it and the
+    default (measured with MobileNetV2 in the README's "Deploying").
     A folder that already holds a run is refused unless ``resume`` or ``overwrite``.
 
     >>> import tempfile, numpy as np, prnad
@@ -92,7 +98,7 @@ def train(
     """
     from prnad.training import train as train_run  # training is imported only by who trains
 
-    run_config = make_config(config, data=data, seed=seed, overrides=overrides)
+    run_config = make_config(config, preset=preset, data=data, seed=seed, overrides=overrides)
     if not run_config.data.root:
         from prnad.errors import ConfigError
 

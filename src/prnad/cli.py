@@ -34,6 +34,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file; flags override it")
+    p.add_argument(
+        "--preset",
+        choices=list(api.PRESETS),
+        help="accuracy for speed, under --config and flags: default, line (the fastest), balanced (between)",
+    )
     p.add_argument("--seed", type=int, help="seed of the split, prototypes, initialisation and synthesis (default 0)")
     p.add_argument("--seen-anomalies", type=int, help="defect images moved from test to train (default 10; 0 allowed)")
     p.add_argument("--textures", help="folder of texture images for HEA (default: procedural textures)")
@@ -189,6 +194,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         None,
         args.out,
         config=args.config,
+        preset=args.preset,
         overrides=overrides_from_args(args),
         resume=args.resume,
         overwrite=args.overwrite,

@@ -7,6 +7,7 @@ beside it, so that it can be measured and changed. Unknown keys and out-of-range
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -424,6 +425,32 @@ def to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return convert(dataclasses.asdict(config))
+
+
+# Named trade-offs of accuracy for speed: config layers over the defaults (the head only; the encoder is the
+# config's). Measured with MobileNetV2 (configs/mobilenet_v2_tf.yaml + a preset = configs/<preset>.yaml):
+# docs/DESIGN.md, "The lighter line preset" and "Score banks on the line preset".
+_LINE_HEAD: dict[str, Any] = {
+    "prototype_match": "map",  # the paper's whole-map prototypes: one matmul against ~20 per scale
+    "decoder_bottom": False,
+    "decoder_channels": [32, 16, 8],
+    "msa_blocks": 1,
+    "msa_grids": [1],  # one whole-map attention branch
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the most accurate
+    "line": {"model": {**_LINE_HEAD, "score_bank_size": 0}},  # the fastest: 8 ms on 2 CPU cores
+    "balanced": {"model": {**_LINE_HEAD, "score_bank_size": 4096}},  # the line head with the default's banks
+}
+
+
+def preset_layer(name: str | None) -> dict[str, Any]:
+    """The config layer of preset ``name`` (None: none); ConfigError naming the presets for an unknown one."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
