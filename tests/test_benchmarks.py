@@ -143,6 +143,39 @@ def test_a_preset_is_the_ablation_candidate_that_was_measured(monkeypatch, prese
     assert config.to_dict(prnad.make_config(REPO / "configs/mobilenet_v2_tf.yaml", preset=preset)) == measured
 
 
+def _bank_means(name: str, part: str) -> str:
+    runs = json.loads((RESULTS / f"{name}.json").read_text())["runs"].values()
+    keys = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
+    means = [statistics.mean(r[part]["metrics"][k] for r in runs) for k in keys]
+    return " / ".join(f"{m:.1f}" if m == 100 else f"{m:.2f}" for m in means)
+
+
+def _speeds(model: str) -> str:
+    rows = json.loads((RESULTS / "speed_presets_rounds.json").read_text())["rows"]
+    whole = {r["engine"]: r["ms_per_call"] for r in rows if r["model"] == model and r["part"] == "whole"}
+    return " / ".join(f"{whole[e]:.2f}" for e in ("onnxruntime", "onnxruntime spin=run", "openvino"))
+
+
+@pytest.mark.parametrize(
+    ("row", "banks", "part", "run"),
+    [
+        ("`--preset line`", "bank_line_lite_1024", "before", "runs/ablation/bottle_line_lite/seed0"),
+        (
+            "`--preset line --score-bank-size 1024`",
+            "bank_line_lite_1024",
+            "after",
+            "runs/ablation/bottle_line_lite/seed0_bank1024",
+        ),
+        ("`--preset balanced`", "bank_line_lite_4096", "after", "runs/ablation/bottle_line_lite/seed0_bank4096"),
+    ],
+)
+def test_readme_presets_table_quotes_the_results(row: str, banks: str, part: str, run: str):
+    """The README's presets table: screw and bottle means over seeds and the speeds of one sitting, as the
+    committed results hold them."""
+    expected = f"| {row} | {_bank_means(banks, part)} | {_bank_means(banks + '_bottle', part)} | {_speeds(run)} |"
+    assert expected in (REPO / "README.md").read_text()
+
+
 def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):
     """benchmarks/speed.py on a random-weights model built from --set overrides: every part is timed and the
     stage-by-stage profile gives the model's own logits (checked inside speed.py)."""
