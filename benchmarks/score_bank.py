@@ -10,7 +10,8 @@ network that training with them would give; what training adds at its end is don
 normals, thresholds refitted on the combined score). Each run is copied to ``<run>_bank<size>`` with
 ``model.score_bank_size`` set (and ``model.bank_map_weights`` with ``--map-weights``: the weights of the banks'
 maps in the fused map, which never enter the loss either; the copy is then ``<run>_bank<size>_w<w8>-<w16>``;
-and ``model.bank_query_stride`` with ``--query-stride``, the grid the banks are queried on: ``..._q<stride>``),
+and ``model.bank_query_stride`` with ``--query-stride``, the grid the banks are queried on: ``..._q<stride>``;
+``model.coarse_bank_size`` with ``--coarse-size``, the stride-16 bank's own size: ``..._bank<size>-<coarse>``),
 and both are evaluated through the API; the figures before and after go into
 ``<results>/score_bank.json`` and ``score_bank.md``. Nothing here is a target: it prints what it measured.
 """
@@ -47,14 +48,20 @@ def with_score_banks(
     out: Path,
     map_weights: tuple[float, float] | None = None,
     query_stride: int | None = None,
+    coarse_size: int | None = None,
 ) -> Path:
-    """Copy the finished ``run`` to ``out`` with score banks of ``size`` (and the banks' ``map_weights`` in the
-    fused map and their ``query_stride``, or the run's own), as training would have made them."""
+    """Copy the finished ``run`` to ``out`` with score banks of ``size`` (the stride-16 one of ``coarse_size``
+    if given; and the banks' ``map_weights`` in the fused map and their ``query_stride``, or the run's own), as
+    training would have made them."""
     ckpt = load_checkpoint(RunPaths(run).model)
     weights = tuple(map_weights) if map_weights is not None else ckpt.config.model.bank_map_weights
     stride = query_stride or ckpt.config.model.bank_query_stride
     model_config = dataclasses.replace(
-        ckpt.config.model, score_bank_size=size, bank_map_weights=weights, bank_query_stride=stride
+        ckpt.config.model,
+        score_bank_size=size,
+        coarse_bank_size=coarse_size,
+        bank_map_weights=weights,
+        bank_query_stride=stride,
     )
     config = dataclasses.replace(ckpt.config, model=model_config)
     ckpt.model.bank_map_weights = tuple(float(w) for w in weights)
@@ -91,9 +98,9 @@ def _before_label(r: dict) -> str:
 
 def _after_label(r: dict) -> str:
     stride = r.get("query_stride", 8)
-    return f"banks {r['size']}{_weights(r.get('map_weights'))}" + (
-        f", queried every {stride} px" if stride != 8 else ""
-    )
+    coarse = r.get("coarse_size", r["size"])
+    sizes = f"{r['size']}" if coarse == r["size"] else f"{r['size']} (stride 8) / {coarse} (stride 16)"
+    return f"banks {sizes}{_weights(r.get('map_weights'))}" + (f", queried every {stride} px" if stride != 8 else "")
 
 
 def _weights(weights: list[float] | None) -> str:
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", type=Path, help="finished runs (none with --report-only)")
     p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--coarse-size", type=int, help="model.coarse_bank_size of the copy (default: --size)")
     p.add_argument(
         "--map-weights",
         type=float,
@@ -199,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         suffix = f"_w{args.map_weights[0]:g}-{args.map_weights[1]:g}" if args.map_weights else ""
         suffix += f"_q{args.query_stride}" if args.query_stride else ""
-        out = run.with_name(f"{run.name}_bank{args.size}{suffix}")
-        with_score_banks(run, args.size, out, args.map_weights, args.query_stride)
+        coarse = f"-{args.coarse_size}" if args.coarse_size else ""
+        out = run.with_name(f"{run.name}_bank{args.size}{coarse}{suffix}")
+        with_score_banks(run, args.size, out, args.map_weights, args.query_stride, args.coarse_size)
         trained = prnad.load(run, device="cpu")
         kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
         before = kept or _figures(trained.evaluate())
@@ -212,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             "train_minutes": round(trained.info.get("train_seconds", float("nan")) / 60, 1),
             "command": data["command"],
             "size": args.size,
+            "coarse_size": args.coarse_size or args.size,
             "trained_bank_size": trained.config.model.score_bank_size,
             "trained_map_weights": list(trained.config.model.bank_map_weights),
             "map_weights": list(copy.config.model.bank_map_weights),

@@ -115,7 +115,10 @@ def random_model(config_path: str | None, prototypes: int, sets: list[str] = ())
         protos = [torch.randn(m.patch_bank_size, c, 1, 1) for c, _ in shapes]
     else:
         protos = [torch.randn(prototypes, c, size // r, size // r) for c, r in shapes]
-    banks = [torch.randn(m.score_bank_size, encoder.channels[i]) for i in SCORE_SCALES] if m.score_bank_size else None
+    sizes = m.score_bank_sizes
+    banks = (
+        [torch.randn(n, encoder.channels[i]) for i, n in zip(SCORE_SCALES, sizes, strict=True)] if sizes[0] else None
+    )
     return fused_for_inference(build_prn(m, prototypes=protos, encoder=encoder, score_banks=banks)), size
 
 

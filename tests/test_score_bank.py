@@ -250,3 +250,47 @@ def test_bank_query_stride_16_queries_the_stride_8_bank_on_the_stride_16_grid(tm
         ModelConfig(bank_query_stride=12)
     config = dataclasses.replace(_banked_model_config(), bank_query_stride=16)
     assert build_prn(config, prototypes=list(model.prototypes), score_banks=model.score_banks).bank_steps == (2, 1)
+
+
+def test_a_coarse_bank_of_its_own_size_is_the_first_rows_of_the_full_one():
+    """compute_score_banks with one size per scale: the stride-16 bank of 10 is the first 10 rows of the one of
+    25 (greedy coreset order, a scale's draws independent of its size), the stride-8 bank is unchanged."""
+    encoder = build_encoder(EncoderConfig(backbone="resnet18", weights="random")).eval()
+    normals = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    full = compute_score_banks(encoder, normals, size=25, seed=0, device="cpu")
+    mixed = compute_score_banks(encoder, normals, size=(25, 10), seed=0, device="cpu")
+    assert torch.equal(mixed[0], full[0]) and torch.equal(mixed[1], full[1][:10])
+    with pytest.raises(ValueError, match="bank size"):
+        compute_score_banks(encoder, normals, size=(25,), seed=0, device="cpu")
+
+
+def test_coarse_bank_size_trains_checks_and_adds_as_training_does(tiny_category: Path, tmp_path: Path):
+    """model.coarse_bank_size: the stride-16 bank gets its own size in training (the checkpoint keeps it);
+    score_bank.py --coarse-size gives what training gives; without banks, or below 1, it is refused."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import score_bank
+
+    assert ModelConfig(score_bank_size=16).score_bank_sizes == (16, 16)
+    assert ModelConfig(score_bank_size=16, coarse_bank_size=4).score_bank_sizes == (16, 4)
+    assert ModelConfig(score_bank_size=0).score_bank_sizes == (0, 0)
+    for bad in ({"score_bank_size": 0, "coarse_bank_size": 4}, {"score_bank_size": 16, "coarse_bank_size": 0}):
+        with pytest.raises(ConfigError, match="coarse_bank_size"):
+            ModelConfig(**bad)
+    values = tiny_overrides(tiny_category)
+    values["threshold"] = {"holdout_fraction": 0.3, "calibration_anomalies": 4}
+    prnad.train(tiny_category, tmp_path / "plain", overrides=values)
+    values["model"].update(score_bank_size=16, coarse_bank_size=6)
+    trained = prnad.train(tiny_category, tmp_path / "banked", overrides=values)
+    assert [len(b) for b in trained.model.score_banks] == [16, 6]
+    again = prnad.load(tmp_path / "banked", device="cpu")
+    assert [len(b) for b in again.model.score_banks] == [16, 6]
+    args = ["--size", "16", "--coarse-size", "6", "--results", str(tmp_path / "results")]
+    score_bank.main([str(tmp_path / "plain"), *args])
+    added = prnad.load(tmp_path / "plain_bank16-6", device="cpu")
+    a, b = trained.model.state_dict(), added.model.state_dict()
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert added.info["thresholds"] == trained.info["thresholds"]
+    assert (
+        "| banks 16 (stride 8) / 6 (stride 16), map weights 1 / 0.5 |"
+        in (tmp_path / "results" / "score_bank.md").read_text()
+    )

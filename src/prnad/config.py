@@ -142,6 +142,10 @@ class ModelConfig:
     # by bank_map_weights, to the decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score
     # alone. Needs held-out normal images (threshold.holdout_fraction > 0).
     score_bank_size: int = 4096
+    # [C] vectors of the stride-16 bank when it should differ from the stride-8 one (None: score_bank_size for
+    # both). On the line head the stride-8 bank's size is what holds screw's PRO and the stride-16 one can be a
+    # quarter of it for a third less of the banks' time (docs/DESIGN.md, "Score banks on the line preset").
+    coarse_bank_size: int | None = None
     # [C] weights of the two banks' standardised distance maps (strides 8, 16) in the fused map; the decoder's
     # own map weighs 1. The coarse stride-16 map at half weight: measured on bottle and screw (seeds 0-2,
     # benchmarks/results/map_fusion_weights.md), it keeps pixel AUROC and gains pixel AP (docs/DESIGN.md).
@@ -151,6 +155,12 @@ class ModelConfig:
     # of its own scale; 16 queries the stride-8 bank at every other location (3x3 averages taken with stride 2),
     # a quarter of its distances, its map upsampled from S/16. Unused without banks.
     bank_query_stride: int = 8
+
+    @property
+    def score_bank_sizes(self) -> tuple[int, int]:
+        """Vectors of the stride-8 and stride-16 score banks (0, 0 without banks)."""
+        coarse = self.score_bank_size if self.coarse_bank_size is None else self.coarse_bank_size
+        return (self.score_bank_size, coarse if self.score_bank_size else 0)
 
     def __post_init__(self) -> None:
         _check(
@@ -195,6 +205,11 @@ class ModelConfig:
         )
         _check(self.patch_bank_size >= 1, "model.patch_bank_size", "must be >= 1")
         _check(self.score_bank_size >= 0, "model.score_bank_size", "must be >= 0 (0: the top-K score alone)")
+        _check(
+            self.coarse_bank_size is None or (self.coarse_bank_size >= 1 and self.score_bank_size > 0),
+            "model.coarse_bank_size",
+            f"must be >= 1 and needs score banks (model.score_bank_size > 0), got {self.coarse_bank_size}",
+        )
         _check(
             len(self.bank_map_weights) == 2 and all(w >= 0 for w in self.bank_map_weights),
             "model.bank_map_weights",

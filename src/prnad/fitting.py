@@ -88,18 +88,29 @@ def compute_prototypes(
 
 
 def compute_score_banks(
-    encoder: Encoder, normals: np.ndarray, *, size: int, seed: int, device: torch.device | str, batch_size: int = 16
+    encoder: Encoder,
+    normals: np.ndarray,
+    *,
+    size: int | tuple[int, ...],
+    seed: int,
+    device: torch.device | str,
+    batch_size: int = 16,
 ) -> list[torch.Tensor]:
     """The score's memory banks: per scale of ``SCORE_SCALES`` (strides 8 and 16), ``size`` locally averaged
-    (3x3) location vectors of the normal images chosen by greedy coreset -> 2 x (M, C_i) float32 on the CPU.
+    (3x3) location vectors of the normal images chosen by greedy coreset -> 2 x (M_i, C_i) float32 on the CPU.
 
-    ``normals`` (N, S, S, 3) uint8; one generator seeded with ``seed`` serves the scales in order.
+    ``size``: one size for both scales, or one per scale. ``normals`` (N, S, S, 3) uint8; one generator seeded
+    with ``seed`` serves the scales in order (a scale's draws do not depend on its size, so a bank is the first
+    rows of the same scale's larger bank).
     """
+    sizes = (size,) * len(SCORE_SCALES) if isinstance(size, int) else tuple(size)
+    if len(sizes) != len(SCORE_SCALES):
+        raise ValueError(f"expected one bank size or {len(SCORE_SCALES)}, got {sizes}")
     generator = torch.Generator().manual_seed(seed)
     scales = encode_normals(encoder, normals, device=device, batch_size=batch_size)
     banks = []
-    for i in SCORE_SCALES:
+    for i, m in zip(SCORE_SCALES, sizes, strict=True):
         maps = local_average(scales[i])  # (N, C, H, W)
         vectors = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])  # (N*H*W, C)
-        banks.append(coreset(vectors, size, generator=generator))  # (M, C)
+        banks.append(coreset(vectors, m, generator=generator))  # (M_i, C)
     return banks

@@ -244,7 +244,7 @@ def fit_score_and_thresholds(
     if config.model.score_bank_size > 0:
         started = time.perf_counter()
         banks = compute_score_banks(
-            model.encoder, pool.normals, size=config.model.score_bank_size, seed=config.train.seed, device=device
+            model.encoder, pool.normals, size=config.model.score_bank_sizes, seed=config.train.seed, device=device
         )
         model.set_score_banks([b.to(device) for b in banks])
         info["score_stats"] = standardise_score(model, calibration.normals, device)
