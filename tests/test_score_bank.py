@@ -69,7 +69,7 @@ def _banked_model_config() -> ModelConfig:
     )
 
 
-def _banked_model(*, fused: bool = True) -> torch.nn.Module:
+def _banked_model(*, fused: bool = True, sizes: tuple[int, int] = (30, 30)) -> torch.nn.Module:
     torch.manual_seed(0)
     config = _banked_model_config()
     encoder = build_encoder(config.encoder)
@@ -77,7 +77,7 @@ def _banked_model(*, fused: bool = True) -> torch.nn.Module:
         torch.randn(2, encoder.channels[i], 64 // encoder.reductions[i], 64 // encoder.reductions[i])
         for i in config.head_scales
     ]
-    banks = [torch.randn(30, encoder.channels[i]) for i in SCORE_SCALES]
+    banks = [torch.randn(m, encoder.channels[i]) for i, m in zip(SCORE_SCALES, sizes, strict=True)]
     model = build_prn(config, prototypes=protos, encoder=encoder, score_banks=banks).eval()
     model = fused_for_inference(model) if fused else model
     model.score_stats.copy_(torch.tensor([[0.2, 3.0, 5.0], [0.1, 2.0, 4.0]]))
@@ -107,8 +107,10 @@ def test_the_score_and_the_map_are_sums_of_standardised_parts():
         model.output(out.decoder_logits)
 
 
-def test_the_banked_score_exports(tmp_path: Path):
-    model = _banked_model()
+@pytest.mark.parametrize("sizes", [(30, 30), (30, 7)])
+def test_the_banked_score_exports(tmp_path: Path, sizes: tuple[int, int]):
+    """The whole banked model in one ONNX graph gives PyTorch's score and map, banks of one size or of two."""
+    model = _banked_model(sizes=sizes)
     x = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         out = model(x)
