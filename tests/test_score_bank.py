@@ -296,3 +296,19 @@ def test_coarse_bank_size_trains_checks_and_adds_as_training_does(tiny_category:
         "| banks 16 (stride 8) / 6 (stride 16), map weights 1 / 0.5 |"
         in (tmp_path / "results" / "score_bank.md").read_text()
     )
+
+
+@pytest.mark.parametrize("match", ["map", "patch"])
+def test_the_forward_pass_traces_into_one_graph(match: str):
+    """No host synchronisation in PRN's forward (no .item(), no shapes or branches that depend on values):
+    torch.compile's tracer takes it whole, without a graph break, as CUDA-graph capture (the GPU path's batch-1
+    latency) needs. Map prototypes and patch matching, both with score banks."""
+    model = _banked_model()
+    if match == "patch":
+        from tests.test_patch_matching import _patch_model
+
+        model = _patch_model()
+        model.set_score_banks([torch.randn(30, c) for c in (model.encoder.channels[i] for i in SCORE_SCALES)])
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(torch.rand(2, 3, 64, 64))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
