@@ -26,17 +26,19 @@ import numpy as np
 from PIL import Image
 
 import prnad
-from prnad.data import IMAGE_SUFFIXES
+from prnad.predict import _images_below
 from prnad.runs import RunPaths
 from prnad.utils import device_name, resolve_device
+from score_bank import KEYS  # alongside this file
+from speed import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
 
 
 def images_under(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder``, sorted (none if it is missing)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files anywhere under ``folder`` as predict finds them (hidden ones skipped, sorted by relative
+    path); none if the folder is missing."""
+    return _images_below(folder) if folder.is_dir() else []
 
 
 def resized_split(data: Path, out: Path, size: int, train_images: int = 4) -> Path:
@@ -157,7 +159,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--runs", nargs="+", required=True, type=Path)
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--device", default="cuda")
-    c.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"])
+    c.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"], choices=list(PRECISIONS))
     c.add_argument("--images", type=int, default=16, help="test images whose maps and scores are compared")
     c.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     c.add_argument("--name", default="gpu_check")

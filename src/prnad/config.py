@@ -158,9 +158,8 @@ class ModelConfig:
 
     @property
     def score_bank_sizes(self) -> tuple[int, int]:
-        """Vectors of the stride-8 and stride-16 score banks (0, 0 without banks)."""
-        coarse = self.score_bank_size if self.coarse_bank_size is None else self.coarse_bank_size
-        return (self.score_bank_size, coarse if self.score_bank_size else 0)
+        """Vectors of the stride-8 and stride-16 score banks (0, 0 without banks: a coarse size is refused then)."""
+        return (self.score_bank_size, self.coarse_bank_size or self.score_bank_size)
 
     def __post_init__(self) -> None:
         _check(
