@@ -18,7 +18,15 @@ from prnad.api import (
     synth_preview,
     train,
 )
-from prnad.errors import CheckpointError, ConfigError, DataError, InferenceError, PrnadError, TrainingError
+from prnad.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    InferenceError,
+    PrnadError,
+    TrainingError,
+)
 
 __all__ = [
     "PRESETS",
@@ -26,6 +34,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Detector",
+    "ExportError",
     "InferenceError",
     "Prediction",
     "PrnadError",

@@ -23,3 +23,7 @@ class TrainingError(PrnadError, RuntimeError):
 
 class InferenceError(PrnadError, RuntimeError):
     """A model produced unusable output (NaN or infinite maps)."""
+
+
+class ExportError(PrnadError, RuntimeError):
+    """Exporting a model failed inside the exporter or converter (ONNX export, OpenVINO conversion)."""

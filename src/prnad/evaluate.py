@@ -194,6 +194,11 @@ def evaluate_model(
     add the decision metrics at those thresholds (:func:`at_thresholds`).
     """
     root = Path(data or config.data.root)
+    if data is None and not root.is_dir():
+        raise DataError(
+            f"{root}: the category folder this run trained on (its data.root) is not found from {Path.cwd()}; "
+            "give the data to evaluate on (prnad evaluate RUN --data DIR, or detector.evaluate(DIR))"
+        )
     own_data = data is None or Path(data).resolve() == Path(config.data.root).resolve()
     test = held_out_test_set(root, config, info, own_data=own_data)
     images, masks = load_samples(test, config.data.image_size)

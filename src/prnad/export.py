@@ -17,6 +17,8 @@ import contextlib
 import io
 import json
 import os
+import queue
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from prnad.data import file_sha256
-from prnad.errors import CheckpointError, ConfigError, DataError
+from prnad.errors import CheckpointError, ConfigError, DataError, ExportError, PrnadError
 from prnad.model import PRN
 from prnad.model.prn import PRNOutput, topk_score
 
@@ -164,14 +166,28 @@ def export_run(model: PRN, run_dir: Path, model_file: Path, fmt: Format, *, imag
     paths, sha = ExportPaths(run_dir), file_sha256(model_file)
     try:
         if not paths.fresh("onnx", sha):
-            _import("onnx", "onnx onnxscript")
-            export_onnx(model, paths.onnx, image_size=image_size)
+            _import("onnx", "onnx")
+            _import("onnxscript", "onnxscript")  # torch's ONNX exporter needs it, and says so only in a traceback
+            _stage("ONNX export", paths.onnx, lambda: export_onnx(model, paths.onnx, image_size=image_size))
         if fmt == "openvino" and not paths.fresh("openvino", sha):
-            export_openvino(paths.onnx, paths.openvino)
+            _import("openvino", "openvino")
+            _stage("OpenVINO conversion", paths.openvino, lambda: export_openvino(paths.onnx, paths.openvino))
         paths.write_record(fmt, sha)
     except OSError as exc:
         raise DataError(f"{paths.root}: cannot write the export ({exc.strerror or exc})") from exc
     return paths.target(fmt)
+
+
+def _stage(what: str, target: Path, work: Callable[[], Path]) -> Path:
+    """Run one export stage; a failure inside the exporter or converter (their own exception types) becomes one
+    ExportError naming the stage and the file it was writing. OSError (a disk or folder problem) passes."""
+    try:
+        return work()
+    except (OSError, PrnadError):
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{target}: {what} failed ({type(exc).__name__}: {detail})") from exc
 
 
 # ------------------------------------------------------------------------------------------------- engines
@@ -267,15 +283,30 @@ class OpenVinoEngine:
     def __init__(self, path: Path, *, threads: int | None = None, precision: str = "fp32") -> None:
         self.name = "openvino" if precision == "fp32" else f"openvino {precision}"
         self.compiled = compile_openvino(path, threads=threads, precision=precision)
-        self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(name) for name in OUTPUTS]
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # requests no caller holds
+        self._idle.put(self.compiled.create_infer_request())
 
     def eval(self) -> OpenVinoEngine:
         return self
 
+    def _request(self) -> Any:
+        """An inference request no other caller holds: an idle one, or a new one when every one is busy."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self.compiled.create_infer_request()
+
     def __call__(self, images: torch.Tensor) -> PRNOutput:
-        result = self.request.infer({INPUT: images.detach().cpu().float().numpy()})
-        return _output(*(np.array(result[o]) for o in self.outputs))
+        """Thread-safe: each call runs on a request of its own (a request's input and output tensors are its
+        state), taken from a pool that grows to the number of concurrent callers."""
+        request = self._request()
+        try:
+            result = request.infer({INPUT: images.detach().cpu().float().numpy()})
+            outputs = [np.array(result[o]) for o in self.outputs]  # copies: the request's buffers are reused
+        finally:
+            self._idle.put(request)
+        return _output(*outputs)
 
 
 def check_engine_precision(engine: str, precision: str) -> None:

@@ -80,6 +80,27 @@ def _is_single(images: Any) -> bool:
     return isinstance(images, np.ndarray) and images.ndim in (2, 3)
 
 
+PREDICT_BATCH = 16  # images scored at a time by default; calibration scores the held-out normals in these batches
+
+
+def check_batch_size(batch_size: int) -> None:
+    """ConfigError unless ``batch_size`` is an int >= 1 (0 would score nothing and a negative size fail late)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def engine_device(engine: str, device: str) -> torch.device:
+    """The torch device of ``engine``: ``device`` for the torch engine; the CPU for the others (ONNX Runtime and
+    OpenVINO run on it), where ``auto`` means the CPU even on a machine with a GPU and an explicit other
+    device is refused."""
+    if engine == "torch" or device != "auto":
+        resolved = resolve_device(device)
+        if engine != "torch" and resolved.type != "cpu":
+            raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {resolved}")
+        return resolved
+    return torch.device("cpu")
+
+
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -121,13 +142,11 @@ class Detector:
         precision: str = "fp32",
         spin: str = "off",
     ):
-        self.device = resolve_device(device)
+        self.device = engine_device(engine, device)
         self.config = config
         self.info = info
         self.run_dir = run_dir
         self.model = fused_for_inference(model).to(self.device).eval()
-        if engine != "torch" and self.device.type != "cpu":
-            raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' on {self.device}")
         self.engine, self.precision = engine, precision
         model_file = None if run_dir is None else RunPaths(run_dir).model
         self.runner = load_engine(engine, self.model, run_dir, model_file, config.data.image_size, precision, spin)
@@ -178,7 +197,7 @@ class Detector:
                 " (training did not finish: resume it with prnad train --resume)" if paths.checkpoint.is_file() else ""
             )
             raise CheckpointError(f"{paths.model}: no trained model in {paths.root}{hint}")
-        torch_device = resolve_device(device)
+        torch_device = engine_device(engine, device)
         ckpt = load_checkpoint(paths.model, map_location=torch_device)
         return cls(
             ckpt.model,
@@ -214,7 +233,7 @@ class Detector:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        batch_size: int = 16,
+        batch_size: int = PREDICT_BATCH,
         skip_errors: bool = False,
         threshold: float | None = None,
         pixel_threshold: float | None = None,
@@ -228,8 +247,6 @@ class Detector:
         prediction carries the error instead and the others go on. ``threshold`` and ``pixel_threshold``
         replace the run's fitted thresholds (``image_threshold``, ``pixel_threshold``) for this call.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         limits = {"threshold": threshold, "pixel_threshold": pixel_threshold}
         if _is_single(images):
             return next(self.predict_iter([images], batch_size=1, skip_errors=False, **limits))
@@ -242,12 +259,25 @@ class Detector:
         self,
         images: Iterable[ImageInput],
         *,
-        batch_size: int = 16,
+        batch_size: int = PREDICT_BATCH,
         skip_errors: bool = False,
         threshold: float | None = None,
         pixel_threshold: float | None = None,
     ) -> Iterator[Prediction]:
-        """Lazily score ``images``: read, score and post-process ``batch_size`` at a time, in input order."""
+        """Lazily score ``images``: read, score and post-process ``batch_size`` at a time, in input order.
+
+        ``batch_size`` is checked at the call, before any image is read (ConfigError below 1)."""
+        check_batch_size(batch_size)
+        return self._stream(images, batch_size, skip_errors, threshold, pixel_threshold)
+
+    def _stream(
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int,
+        skip_errors: bool,
+        threshold: float | None,
+        pixel_threshold: float | None,
+    ) -> Iterator[Prediction]:
         limits = (
             self.image_threshold if threshold is None else threshold,
             self.pixel_threshold if pixel_threshold is None else pixel_threshold,
@@ -296,7 +326,16 @@ class Detector:
         """Export the model as one graph (``onnx`` or ``openvino``) into ``<run>/export/``; returns its path."""
         if self.run_dir is None:
             raise ConfigError("export writes into a run folder: load the model with prnad.load(run)")
-        return export_run(self.model, self.run_dir, RunPaths(self.run_dir).model, fmt, image_size=self.image_size)
+        model_file = RunPaths(self.run_dir).model
+        return export_run(self._cpu_model(model_file), self.run_dir, model_file, fmt, image_size=self.image_size)
+
+    def _cpu_model(self, model_file: Path) -> PRN:
+        """The inference model on the CPU, where the graph is traced and its engines run: this detector's own,
+        or, when it lives on another device (a GPU), a copy loaded from the run's model file."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        if all(t.device.type == "cpu" for t in tensors):
+            return self.model
+        return fused_for_inference(load_checkpoint(model_file, map_location=torch.device("cpu")).model).eval()
 
     # --------------------------------------------------------------------------------------------- evaluate
 

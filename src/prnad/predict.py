@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from prnad.data import list_images, read_rgb_full
 from prnad.errors import DataError, PrnadError
-from prnad.inference import Detector, Prediction
+from prnad.inference import Detector, Prediction, check_batch_size
 
 
 def _images_below(folder: Path) -> list[Path]:
@@ -121,14 +121,20 @@ def predict_to_folder(
     """Score every input image (files, or folders of images) and write its outputs into ``out_dir``.
 
     ``threshold`` and ``pixel_threshold`` replace the detector's. Yields each :class:`Prediction` as soon
-    as its outputs are written; failed inputs carry their error.
+    as its outputs are written; failed inputs carry their error. The arguments are checked at the call,
+    before the output folder is touched: a bad call writes nothing.
     """
-    out = Path(out_dir)
+    check_batch_size(batch_size)
+    limits = {"threshold": threshold, "pixel_threshold": pixel_threshold}
+    return _write_predictions(detector, collect_images(inputs), Path(out_dir), batch_size, limits)
+
+
+def _write_predictions(
+    detector: Detector, found: list[tuple[Path, str]], out: Path, batch_size: int, limits: dict[str, float | None]
+) -> Iterator[Prediction]:
     _open_out(out)
-    found = collect_images(inputs)
     files = [path for path, _ in found]
     stems = iter(_unique([name for _, name in found]))
-    limits = {"threshold": threshold, "pixel_threshold": pixel_threshold}
     with (out / "results.csv").open("w", newline="") as table, (out / "results.jsonl").open("w") as lines:
         writer = csv.writer(table)
         writer.writerow(RESULT_FIELDS)

@@ -1,7 +1,7 @@
 """Reading images and masks from disk: RGB uint8 images and boolean masks at a square size.
 
 Choices where the spec is silent: 16-bit grey images are scaled to 8 bits (top byte) before the RGB
-conversion, instead of PIL's clipping at 255; masks are read as 'L' as they are (16-bit masks are clipped,
+conversion, instead of PIL's clipping at 255, whether they come as a path, a PIL image or a uint16 array; masks are read as 'L' as they are (16-bit masks are clipped,
 which keeps `> 0` exact). Truncated files are errors: `ImageFile.LOAD_TRUNCATED_IMAGES` stays off.
 """
 
@@ -16,24 +16,41 @@ from prnad.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _open_decoded(path: Path, mode: str) -> Image.Image:
     """Open `path`, decode all of it and convert to `mode`; any failure is a DataError naming the file."""
     if path.is_dir():
-        raise DataError(f"{path}: a folder with no images in it, not an image file")
+        raise DataError(_folder_message(path))
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with Image.open(path) as im:
             im.load()
-            if mode == "RGB" and im.mode in _SIXTEEN_BIT_MODES:
-                return Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8)).convert("RGB")
-            return im.convert(mode)
+            return rgb_image(im) if mode == "RGB" else im.convert(mode)
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read image (truncated or not an image file: {exc})") from exc
+
+
+def _folder_message(path: Path) -> str:
+    """What is wrong with a folder given where an image file is expected, saying whether it holds images."""
+    count = len(list_images(path))
+    if not count:
+        return f"{path}: a folder with no images in it, not an image file"
+    return (
+        f"{path}: a folder (of {count} images), not an image file; give its image files, or the folder to "
+        "prnad predict / prnad.predict_folder, which read folders"
+    )
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """A PIL image as RGB: 16-bit grey scaled to 8 bits by its top byte (PIL's own conversion would clip every
+    value above 255 to white), grey and RGBA converted by PIL."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def read_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -85,7 +102,8 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def image_from_array(array: np.ndarray, name: str) -> Image.Image:
-    """A PIL RGB image from an (H, W, 3) or (H, W) array: uint8, or float in [0, 1]; errors name ``name``."""
+    """A PIL RGB image from an (H, W, 3) or (H, W) array: uint8, uint16 (its top byte) or float in [0, 1];
+    errors name ``name``."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]  # RGBA: the alpha channel is not part of the picture
@@ -95,8 +113,10 @@ def image_from_array(array: np.ndarray, name: str) -> Image.Image:
         if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
             raise DataError(f"{name}: a float image must hold values in [0, 1]")
         array = np.round(array * 255.0).astype(np.uint8)
+    elif array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)  # 16-bit: the top byte, as for 16-bit image files
     elif array.dtype != np.uint8:
-        raise DataError(f"{name}: expected a uint8 image (or float in [0, 1]), got dtype {array.dtype}")
+        raise DataError(f"{name}: expected a uint8 or uint16 image (or float in [0, 1]), got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
@@ -110,7 +130,7 @@ def to_rgb(image: Image.Image | np.ndarray | str | Path, size: int, name: str) -
     if isinstance(image, str | Path):
         return read_rgb(Path(image), size)
     if isinstance(image, Image.Image):
-        image = image.convert("RGB")
+        image = rgb_image(image)
     elif isinstance(image, np.ndarray):
         image = image_from_array(image, name)
     else:

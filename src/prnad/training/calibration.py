@@ -19,6 +19,7 @@ import torch
 from prnad.config import RunConfig
 from prnad.errors import DataError
 from prnad.fitting import to_batch
+from prnad.inference import PREDICT_BATCH
 from prnad.model import PRN
 from prnad.model.prn import fused_for_inference, topk_score
 from prnad.thresholds import (
@@ -73,7 +74,7 @@ def calibration_set(pool: TrainingPool, config: RunConfig) -> tuple[np.ndarray, 
 
 @torch.inference_mode()
 def batched_outputs(
-    model: PRN, images: np.ndarray, device: torch.device, batch_size: int = 16
+    model: PRN, images: np.ndarray, device: torch.device, batch_size: int = PREDICT_BATCH
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores (M,) float64 and logits (M, S, S) float32 of an eval-mode ``model`` on (M, S, S, 3) uint8."""
     scores, logits = [], []
@@ -101,8 +102,9 @@ def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> 
         )
     infer = fused_for_inference(model).to(device)
     image_parts, pixel_parts = [], []
-    for start in range(0, len(normals), 16):
-        logits, maps = infer.decode(to_batch(normals[start : start + 16], device))  # (b, 1, S, S), n_banks maps
+    for start in range(0, len(normals), PREDICT_BATCH):
+        batch = to_batch(normals[start : start + PREDICT_BATCH], device)  # (b, 3, S, S)
+        logits, maps = infer.decode(batch)  # (b, 1, S, S), n_banks maps
         topk = topk_score(logits, model.topk, smoothing=model.score_smoothing)  # (b,) float64
         image_parts.append(torch.cat([topk[:, None], infer.largest_distances(maps).double()], dim=1).cpu())
         ups = infer.upsampled(maps, logits)  # n_banks x (b, 1, S, S), as the fused map takes them
@@ -157,8 +159,13 @@ def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: to
     threshold reaches on the calibration set.
     """
     images, masks, labels = calibration_set(pool, config)
-    scores, logits = batched_outputs(fused_for_inference(model).to(device), images, device)
-    normal_scores = scores[labels == 0]
+    infer = fused_for_inference(model).to(device)
+    # The normals (first in the set) are scored apart from the anomalies, in predict's batches, so that each
+    # stored normal score is the one ``detector.predict(normals)`` gives: float32 sums depend on the batch.
+    normal = labels == 0
+    parts = [batched_outputs(infer, images[rows], device, PREDICT_BATCH) for rows in (normal, ~normal)]
+    scores, logits = (np.concatenate([part[i] for part in parts]) for i in (0, 1))
+    normal_scores = scores[normal]
     rate = config.threshold.max_false_alarm_rate
     if rate is None:
         criterion = config.threshold.image_criterion

@@ -11,13 +11,13 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, to_dict
@@ -31,6 +31,7 @@ from prnad.runs import RunPaths
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
 from prnad.training.cache import FeatureCache
 from prnad.training.calibration import fit_thresholds, holdout_indices, standardise_score
+from prnad.training.progress import progress as progress_display
 from prnad.training.sampler import AnomalyStream, TrainingPool, kind_fractions
 from prnad.utils import resolve_device, seed_everything
 
@@ -194,6 +195,15 @@ def _validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
     return category, seen
 
 
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with its data and texture folders made absolute, so that the run it records can be
+    evaluated or resumed from any working directory."""
+    data = config.data
+    textures = None if data.textures is None else str(Path(data.textures).resolve())
+    root = str(Path(data.root).resolve()) if data.root else data.root
+    return replace(config, data=replace(data, root=root, textures=textures))
+
+
 def train(
     config: RunConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> Path:
@@ -203,6 +213,7 @@ def train(
     checked before the first image is decoded. A folder that holds a run is refused unless ``resume``
     (continue it) or ``overwrite`` (delete its files first, once every check has passed).
     """
+    config = with_absolute_paths(config)
     paths = RunPaths(Path(out_dir))
     device = resolve_device(config.train.device)
     category, seen = _validated_split(config)
@@ -260,7 +271,7 @@ def _loop(
     cache = FeatureCache(model, pool.unchanged(), budget_mb=t.feature_cache_mb, device=device)
     info["feature_cache_images"] = len(cache)
     model.train()
-    bar = tqdm(total=t.iterations, initial=start, disable=not progress, desc="train", unit="it", dynamic_ncols=True)
+    bar = progress_display(t.iterations, initial=start, desc="train", enabled=progress)
     with bar, paths.log.open("a") as log:
         for step, (images, masks, sources) in enumerate(_loader(pool, config, start), start=start):
             for group in optimizer.param_groups:
