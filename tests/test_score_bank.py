@@ -19,7 +19,8 @@ from prnad.fitting import compute_score_banks
 from prnad.model import build_encoder, build_prn
 from prnad.model.prn import SCORE_SCALES, fused_for_inference, topk_score
 from prnad.model.prototypes import nearest_distance_map
-from tests.conftest import tiny_overrides, without_model_key
+from prnad.training.calibration import normal_outputs
+from tests.conftest import score_tolerance, tiny_overrides, without_model_key
 
 
 def test_nearest_distance_map_is_the_brute_force_one():
@@ -177,8 +178,6 @@ def test_training_standardises_the_score_on_the_held_out_normals(tiny_category: 
     held = [tiny_category / p for p in detector.info["calibration_normals"]]
     scores = [p.score for p in detector.predict(held)]
     assert abs(np.mean(scores)) < 1e-4
-    # calibration scored them as predict does (alone, in predict's batches): the same float32 sums, exactly
-    assert detector.info["thresholds"]["normal_scores"] == scores
     # the same for their pixels: the fused logits average to the decoder's normal-pixel mean
     pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in held]))
     with torch.no_grad():
@@ -186,6 +185,39 @@ def test_training_standardises_the_score_on_the_held_out_normals(tiny_category: 
     assert float(fused.double().mean()) == pytest.approx(stats["pixel_mean"][0], abs=1e-3)
     again = prnad.load(tmp_path / "run", device="cpu")  # banks and statistics come back from the checkpoint
     assert [p.score for p in again.predict(held)] == pytest.approx(scores, abs=1e-9)
+    # the stored calibration scores are out of sample: each is what predict gives with the statistics of the
+    # other two (leave one out), the numbers a new normal image's score is made of
+    assert detector.info["thresholds"]["out_of_sample"]
+    parts = normal_outputs(detector.model, load_samples_of(held), torch.device("cpu"))
+    pixels = parts.pixel_parts(detector.model)  # (3, S*S, 3)
+    for j, stored in enumerate(detector.info["thresholds"]["normal_scores"]):
+        others = torch.arange(3) != j
+        detector.model.score_stats.copy_(_stats(parts.parts[others]))
+        detector.model.map_stats.copy_(_stats(pixels[others].flatten(0, 1)))
+        expected = detector.predict(held[j]).score
+        assert stored == pytest.approx(expected, abs=score_tolerance(detector, expected))
+        assert abs(stored - scores[j]) > 10 * score_tolerance(detector, expected)  # not the in-sample score
+
+
+def load_samples_of(paths: list[Path]) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def _stats(values: torch.Tensor) -> torch.Tensor:
+    """(N, P) -> (2, P) float32: mean and ddof-1 spread, as the calibration computes them."""
+    return torch.stack([values.mean(0), values.std(0).clamp_min(1e-6)]).float()
+
+
+def test_calibration_scores_the_held_out_normals_as_predict_does(tiny_category: Path, tmp_path: Path):
+    """With two held-out normals (too few to leave one out) the stored scores are the model's own, computed as
+    predict computes them (alone, in predict's batches): the same float32 sums, exactly."""
+    values = tiny_overrides(tiny_category)
+    values["model"]["score_bank_size"] = 16
+    values["threshold"] = {"holdout_fraction": 0.2, "calibration_anomalies": 4}
+    detector = prnad.train(tiny_category, tmp_path / "run", overrides=values)
+    held = [tiny_category / p for p in detector.info["calibration_normals"]]
+    assert len(held) == 2 and not detector.info["thresholds"]["out_of_sample"]
+    assert detector.info["thresholds"]["normal_scores"] == [p.score for p in detector.predict(held)]
 
 
 def test_banks_added_to_a_trained_run_equal_training_with_them(tiny_category: Path, tmp_path: Path):

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_curve
 
 import prnad
+from prnad.cli import main
 from prnad.config import build_config
 from prnad.errors import ConfigError, DataError
 from prnad.thresholds import (
     balanced_threshold,
+    conformal_threshold,
     decision_counts,
     f1_optimal_threshold,
+    false_alarm_promise,
     false_alarm_threshold,
     precision_recall_f1,
 )
@@ -119,6 +123,42 @@ def test_holdout_indices():
     assert len(holdout_indices(10, 0.0, 0)) == 0 and len(holdout_indices(3, 0.01, 0)) == 2  # at least 2
     with pytest.raises(ValueError, match="leaves none"):
         holdout_indices(2, 0.01, 0)
+
+
+def test_conformal_threshold_is_the_kth_smallest():
+    normal = np.arange(1.0, 21.0)[::-1]  # 20 scores, 1..20, in any order
+    assert conformal_threshold(normal, 0.1) == 19.0  # k = ceil(21 * 0.9) = 19: above it 2 gaps of 21 <= 0.1
+    assert conformal_threshold(normal, 0.05) == 20.0  # k = ceil(19.95) = 20
+    assert conformal_threshold(normal, 0.01) == 20.0  # k = 21 > n: not promised; the largest
+    assert conformal_threshold(normal, 0.5) == 11.0  # k = ceil(10.5) = 11
+    for rate in (0.0, 1.0):
+        with pytest.raises(ValueError, match="false-alarm rate"):
+            conformal_threshold(normal, rate)
+
+
+def test_false_alarm_promise_counts_and_bounds():
+    normal = np.arange(1.0, 21.0)
+    promise = false_alarm_promise(normal, 18.5)  # 19 and 20 above: m = 2 of n = 20
+    assert promise["above"] == 2 and promise["expected_rate"] == 3 / 21
+    from scipy.stats import beta
+
+    assert promise["bound"] == beta.ppf(0.9, 3, 18) and promise["confidence"] == 0.9
+    assert false_alarm_promise(normal, 20.0)["bound"] == pytest.approx(1 - 0.1 ** (1 / 20))  # Beta(1, 20)
+    assert false_alarm_promise(normal, 0.0)["bound"] == 1.0
+
+
+def test_the_conformal_promise_holds_on_new_normals():
+    """Over many draws of 20 held-out normals, new normals from the same law are flagged at most as often as
+    promised, on average (the expected rate) and in 90 % of the draws (the bound)."""
+    rng = np.random.default_rng(0)
+    rates, bounds = [], []
+    for _ in range(2000):
+        held, new = rng.standard_normal(20), rng.standard_normal(2000)
+        t = conformal_threshold(held, 0.1)
+        rates.append(float(np.mean(new > t)))
+        bounds.append(false_alarm_promise(held, t)["bound"])
+    assert np.mean(rates) <= 2 / 21 + 0.003  # (n + 1 - k) / (n + 1), k = 19
+    assert np.mean(np.array(rates) <= np.array(bounds)) >= 0.88
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -232,12 +272,21 @@ def test_f1_criterion_at_training(tiny_category: Path, tmp_path: Path):
 
 
 def test_false_alarm_rate_at_training(tiny_category: Path, tmp_path: Path):
-    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, max_false_alarm_rate=0.0))
-    normal = run.info["thresholds"]["normal_scores"]
-    assert run.image_threshold == max(normal)  # no held-out normal is flagged
-    assert run.false_alarm_threshold(0.5) == min(normal)  # one of the two may be flagged
-    with pytest.raises(ConfigError, match="false-alarm rate"):
-        run.false_alarm_threshold(1.5)
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, max_false_alarm_rate=0.1))
+    fitted = run.info["thresholds"]
+    normal = fitted["normal_scores"]
+    assert len(normal) == 2 and "conformal" in fitted["image_method"]
+    assert run.image_threshold == max(normal)  # 0.1 < 1 / 3: not promised by 2 normals; their largest
+    promise = {"normals": 2, "above": 0, "expected_rate": 1 / 3, "bound": 1 - 0.1**0.5, "confidence": 0.9}
+    assert fitted["promise"] == pytest.approx(promise)  # Beta(1, 2): P(rate <= x) = 1 - (1 - x)^2
+    assert run.false_alarm_threshold(0.5) == max(normal)  # k = ceil(3 * 0.5) = 2: a new normal above it 1 time in 3
+    assert run.false_alarm_threshold(0.7) == min(normal)  # k = ceil(3 * 0.3) = 1: 2 times in 3
+    assert run.false_alarm_promise(min(normal) - 1)["expected_rate"] == 1.0
+    for rate in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"false-alarm rate must be in \(0, 1\)"):
+            run.false_alarm_threshold(rate)
+    with pytest.raises(ConfigError, match="max_false_alarm_rate"):
+        prnad.make_config(overrides={"threshold": {"max_false_alarm_rate": 0.0}})
 
 
 def test_too_few_normals_to_hold_out(tiny_category: Path, tmp_path: Path):
@@ -268,7 +317,17 @@ def test_evaluate_reports_decisions_at_the_thresholds(detector: prnad.Detector):
     assert image["tp"] + image["fn"] == result["test_anomalous"]
     assert image["f1"] == pytest.approx(100 * precision_recall_f1(image)["f1"], abs=1e-3)
     assert sum(at["pixel"][k] for k in ("tp", "fp", "fn", "tn")) == result["test_images"] * 64 * 64
-    assert "F1" in prnad.api.format_table(result)
+    good, bad = image["fp"] + image["tn"], image["tp"] + image["fn"]
+    assert image["good_flagged"] == pytest.approx(100 * image["fp"] / good)
+    assert image["defective_missed"] == pytest.approx(100 * image["fn"] / bad)
+    assert image["f1_best"] >= image["f1"] - 1e-9
+    normal = detector.info["thresholds"]["normal_scores"]
+    above = sum(s > detector.image_threshold for s in normal)
+    assert image["promise"]["above"] == above and image["promise"]["expected_rate"] == (above + 1) / (len(normal) + 1)
+    table = prnad.api.format_table(result)
+    assert "F1" in table and f"good parts flagged {image['good_flagged']:.1f} % ({image['fp']} of {good})" in table
+    assert f"from {len(normal)} held-out normals" in table and "best F1 in hindsight" in table
+    assert 0.0 <= at["pixel"]["good_with_mask"] <= 100.0
 
 
 def test_a_run_without_held_out_normals_has_no_decisions(tiny_category: Path, tmp_path: Path):
@@ -286,3 +345,25 @@ def test_a_run_without_held_out_normals_has_no_decisions(tiny_category: Path, tm
     assert not list(out.glob("*_mask.png")) and len(list(out.glob("*_overlay.png"))) == 3
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["is_anomalous"] for r in rows] == [None] * 3
+
+
+def test_calibrate_refits_the_thresholds_of_a_trained_run(tiny_category: Path, tmp_path: Path, capsys):
+    values = tiny_overrides(tiny_category)
+    values["model"]["score_bank_size"] = 16
+    values["threshold"] = {"holdout_fraction": 0.3, "calibration_anomalies": 4}
+    trained = prnad.train(tiny_category, tmp_path / "run", overrides=values)
+    before = trained.info["thresholds"]
+    assert main(["calibrate", str(tmp_path / "run"), "--max-false-alarm-rate", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "new normal images flagged 50.0 % of the time on average" in out and "(3 held-out normals)" in out
+    after = prnad.load(tmp_path / "run", device="cpu")
+    fitted = after.info["thresholds"]
+    assert fitted["normal_scores"] == before["normal_scores"] and fitted["anomaly_scores"] == before["anomaly_scores"]
+    assert after.image_threshold == sorted(before["normal_scores"])[1]  # k = ceil(4 * 0.5) = 2
+    assert fitted["promise"]["above"] == 1 and after.config.threshold.max_false_alarm_rate == 0.5
+    a, b = trained.model.state_dict(), after.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the network, banks and statistics as trained
+    with pytest.raises(ConfigError, match="keeps the run's held-out normals"):
+        prnad.calibrate(tmp_path / "run", {"holdout_fraction": 0.5})
+    with pytest.raises(ConfigError, match="max_false_alarm_rate"):
+        prnad.calibrate(tmp_path / "run", {"max_false_alarm_rate": 2})

@@ -2,7 +2,7 @@
 
 >>> import prnad
 >>> sorted(name for name in prnad.__all__ if name[0].islower())
-['demo', 'export', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
+['calibrate', 'demo', 'export', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
 """
 
 from prnad._version import __version__
@@ -10,6 +10,7 @@ from prnad.api import (
     PRESETS,
     Detector,
     Prediction,
+    calibrate,
     demo,
     export,
     load,
@@ -40,6 +41,7 @@ __all__ = [
     "PrnadError",
     "TrainingError",
     "__version__",
+    "calibrate",
     "demo",
     "export",
     "load",

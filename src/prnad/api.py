@@ -25,6 +25,7 @@ __all__ = [
     "SPIN_MODES",
     "Detector",
     "Prediction",
+    "calibrate",
     "demo",
     "export",
     "format_table",
@@ -137,6 +138,18 @@ def load(
     >>> import shutil; shutil.rmtree(tmp)
     """
     return Detector.from_run(run, device=device, engine=engine, precision=precision, spin=spin)
+
+
+def calibrate(run: str | Path, threshold: dict[str, Any] | None = None, *, device: str = "auto") -> Detector:
+    """Refit a trained run's thresholds (and its score standardisation) on its own held-out normals, with the
+    ``threshold`` settings changed, e.g. ``{"max_false_alarm_rate": 0.01}`` (a conformal threshold: new normal
+    images flagged with probability at most 1 %), ``{"image_criterion": "f1"}`` or
+    ``{"pixel_false_alarm_rate": 1e-4}``; the network and score banks stay. Rewrites the run's model file;
+    returns its Detector. Needs the run's data folder (``data.root``)."""
+    from prnad.training.trainer import recalibrate  # training is imported only by who trains
+
+    recalibrate(run, threshold or {}, device=device)
+    return load(run, device=device)
 
 
 def export(run: str | Path, format: str = "onnx") -> Path:

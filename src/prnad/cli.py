@@ -1,4 +1,4 @@
-"""The ``prnad`` command line: train, evaluate, predict, export, synth, demo.
+"""The ``prnad`` command line: train, evaluate, calibrate, predict, export, synth, demo.
 
 Thin: it turns flags into the arguments of :mod:`prnad.api` and prints what comes back. Exit status: 0 done;
 1 ``predict`` scored some inputs but not all (each failure is reported); 2 a user error, with its message.
@@ -53,7 +53,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-false-alarm-rate",
         type=float,
-        help="image threshold flags at most this share of held-out normals (default: the highest TPR - FPR)",
+        help="image threshold flagging a new normal image with at most this probability (conformal; default: "
+        "the highest TPR - FPR)",
     )
     p.add_argument(
         "--score-bank-size",
@@ -106,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this category folder instead of the one the run trained on")
     _add_engine_options(p)
 
+    p = sub.add_parser("calibrate", help="refit a trained run's thresholds on its held-out normals (no training)")
+    p.add_argument("run", help="run folder written by prnad train")
+    p.add_argument(
+        "--max-false-alarm-rate",
+        type=float,
+        help="image threshold flagging a new normal image with at most this probability (conformal)",
+    )
+    p.add_argument("--pixel-false-alarm-rate", type=float, help="pixel threshold: share of normal pixels flagged")
+    p.add_argument("--image-criterion", choices=["balanced", "f1"], help="image threshold criterion without a rate")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
     p.add_argument("--data", required=True, help="category folder")
     p.add_argument("--out", default="synth.png", help="picture to write (default synth.png)")
@@ -128,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--threshold", type=float, help="image threshold: score > T is anomalous (default: the run's)")
     limit.add_argument(
-        "--max-false-alarm-rate", type=float, help="image threshold flagging at most this share of held-out normals"
+        "--max-false-alarm-rate",
+        type=float,
+        help="image threshold flagging a new normal image with at most this probability (conformal)",
     )
     p.add_argument("--pixel-threshold", type=float, help="mask = map > T (default: the run's)")
 
@@ -190,7 +204,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    api.train(
+    detector = api.train(
         None,
         args.out,
         config=args.config,
@@ -200,6 +214,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    fitted = detector.info.get("thresholds")
+    if fitted:
+        print(promise_line(fitted))
     print(f"trained model written to {args.out}")
     return 0
 
@@ -210,6 +227,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(api.format_table(result))
     print(f"metrics written to {detector.run_dir / 'metrics.json'}")
     return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    keys = ("max_false_alarm_rate", "pixel_false_alarm_rate", "image_criterion")
+    threshold = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    detector = api.calibrate(args.run, threshold, device=args.device)
+    print(promise_line(detector.info["thresholds"]))
+    print(f"thresholds written to {detector.run_dir / 'model.safetensors'}")
+    return 0
+
+
+def promise_line(fitted: dict[str, Any]) -> str:
+    """The image threshold, how it was chosen and what it promises on new normal images."""
+    promise = fitted["promise"]
+    return (
+        f"image threshold {fitted['image']:.4g} ({fitted['image_method']}): new normal images flagged "
+        f"{100 * promise['expected_rate']:.1f} % of the time on average, at most {100 * promise['bound']:.1f} % "
+        f"with {100 * promise['confidence']:.0f} % confidence ({promise['normals']} held-out normals)"
+    )
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -280,6 +316,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "calibrate": _cmd_calibrate,
     "predict": _cmd_predict,
     "synth": _cmd_synth,
     "export": _cmd_export,

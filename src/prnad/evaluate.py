@@ -37,7 +37,13 @@ from prnad.data import (
 from prnad.errors import DataError, InferenceError
 from prnad.metrics import compute_metrics
 from prnad.model import PRN
-from prnad.thresholds import decision_counts, precision_recall_f1
+from prnad.thresholds import (
+    PROMISE_CONFIDENCE,
+    decision_counts,
+    f1_optimal_threshold,
+    false_alarm_promise,
+    precision_recall_f1,
+)
 from prnad.utils import device_name
 
 WARMUP = 5
@@ -158,11 +164,19 @@ def per_type_metrics(test: tuple[Sample, ...], preds: Predictions, masks: np.nda
 
 
 def at_thresholds(
-    preds: Predictions, labels: np.ndarray, masks: np.ndarray, image_t: float | None, pixel_t: float | None
+    preds: Predictions,
+    labels: np.ndarray,
+    masks: np.ndarray,
+    image_t: float | None,
+    pixel_t: float | None,
+    normal_scores: list[float] | None = None,
 ) -> dict[str, Any] | None:
     """What a line engineer gets at fixed thresholds: image precision, recall and F1 of ``score > image_t``,
-    and pixel precision, recall and F1 of ``map > pixel_t`` over every test pixel (percent, with the counts).
-    None when the model has no thresholds."""
+    the shares of good parts flagged and defective parts missed, the best F1 any threshold gives on this set
+    (in hindsight, for comparison only) and, from the run's out-of-sample ``normal_scores``, the false-alarm
+    rate the threshold promises (:func:`~prnad.thresholds.false_alarm_promise`); pixel precision, recall and
+    F1 of ``map > pixel_t`` over every test pixel and the share of good images with any pixel flagged
+    (percent, with the counts). None when the model has no thresholds."""
     if image_t is None and pixel_t is None:
         return None
     out: dict[str, Any] = {"image_threshold": image_t, "pixel_threshold": pixel_t}
@@ -170,7 +184,27 @@ def at_thresholds(
         if t is not None:
             counts = decision_counts(values, truth, t)
             out[key] = {k: round(100.0 * v, 4) for k, v in precision_recall_f1(counts).items()} | counts
+    if image_t is not None:
+        out["image"] |= _line_shares(out["image"]) | {
+            "f1_best": round(100.0 * f1_optimal_threshold(preds.scores, labels)[1], 4)
+        }
+        if normal_scores:
+            out["image"]["promise"] = false_alarm_promise(np.array(normal_scores), image_t, PROMISE_CONFIDENCE)
+    if pixel_t is not None:
+        good = labels == 0
+        flagged = (preds.maps[good].reshape(int(good.sum()), -1) > pixel_t).any(1)  # (good images,)
+        out["pixel"]["good_with_mask"] = round(100.0 * float(flagged.mean()), 4) if good.any() else None
     return out
+
+
+def _line_shares(counts: dict[str, Any]) -> dict[str, float | None]:
+    """What a line sees at an image threshold: the share of good parts flagged and of defective parts missed,
+    in percent (None without parts of that kind)."""
+    good, bad = counts["fp"] + counts["tn"], counts["tp"] + counts["fn"]
+    return {
+        "good_flagged": round(100.0 * counts["fp"] / good, 4) if good else None,
+        "defective_missed": round(100.0 * counts["fn"] / bad, 4) if bad else None,
+    }
 
 
 def _rounded(metrics: dict[str, float | None]) -> dict[str, float | None]:
@@ -211,7 +245,9 @@ def evaluate_model(
     return {
         "metrics": _rounded(metrics),
         "per_type": per_type_metrics(test, preds, masks),
-        "at_threshold": at_thresholds(preds, labels, masks, *thresholds),
+        "at_threshold": at_thresholds(
+            preds, labels, masks, *thresholds, (info.get("thresholds") or {}).get("normal_scores")
+        ),
         "inference_ms_per_image": round(float(np.mean(preds.ms)), 2),
         "inference_ms_median": round(float(statistics.median(preds.ms)), 2),
         "device": device_name(device),
@@ -246,7 +282,29 @@ def _threshold_lines(at: dict[str, Any]) -> list[str]:
                 f"{key} at threshold {at[key + '_threshold']:.4g}: precision {m['precision']:.1f}, "
                 f"recall {m['recall']:.1f}, F1 {m['f1']:.1f}"
             )
+    if "image" in at:
+        lines.append(_line_summary(at["image"]))
     return lines
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} %"
+
+
+def _line_summary(image: dict[str, Any]) -> str:
+    """Good parts flagged and defective parts missed at the image threshold, beside what the run promised."""
+    line = (
+        f"good parts flagged {_percent(image['good_flagged'])} ({image['fp']} of {image['fp'] + image['tn']}), "
+        f"defective parts missed {_percent(image['defective_missed'])} ({image['fn']} of {image['tp'] + image['fn']})"
+    )
+    promise = image.get("promise")
+    if promise:
+        line += (
+            f"; expected false alarms {100 * promise['expected_rate']:.1f} %, at most "
+            f"{100 * promise['bound']:.1f} % with {100 * promise['confidence']:.0f} % confidence "
+            f"(from {promise['normals']} held-out normals)"
+        )
+    return line + f"; best F1 in hindsight {image['f1_best']:.1f}"
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from prnad.export import export_run, load_engine
 from prnad.model import PRN
 from prnad.model.prn import PRNOutput, fused_for_inference
 from prnad.runs import RunPaths
-from prnad.thresholds import false_alarm_threshold
+from prnad.thresholds import conformal_threshold, false_alarm_promise
 from prnad.utils import resolve_device
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 types)
@@ -157,19 +157,31 @@ class Detector:
         self.pixel_threshold: float | None = fitted.get("pixel")
 
     def false_alarm_threshold(self, rate: float) -> float:
-        """The image threshold that flags at most ``rate`` of the run's held-out normal images.
+        """The image threshold that flags a new normal image with probability at most ``rate`` (conformal, on
+        the run's held-out normal images scored out of sample; with n of them, a rate below 1 / (n + 1) cannot
+        be promised and gives their largest score: :meth:`false_alarm_promise` says what it promises).
 
         Uses the calibration scores stored at training, so it needs no data; assign the result to
         ``image_threshold`` to use it.
         """
-        if not 0.0 <= rate < 1.0:
-            raise ConfigError(f"the false-alarm rate must be in [0, 1), got {rate}")
+        if not 0.0 < rate < 1.0:
+            raise ConfigError(f"the false-alarm rate must be in (0, 1), got {rate}")
         normal = (self.info.get("thresholds") or {}).get("normal_scores")
         if not normal:
             raise CheckpointError(
                 f"{self._name}: the run kept no held-out normal images; cannot set a false-alarm rate"
             )
-        return false_alarm_threshold(np.array(normal), rate)
+        return conformal_threshold(np.array(normal), rate)
+
+    def false_alarm_promise(self, threshold: float | None = None) -> dict[str, float]:
+        """What an image threshold (default: ``image_threshold``) promises on new normal images, from the run's
+        held-out normals: ``expected_rate`` of false alarms, and the ``bound`` it stays under with probability
+        ``confidence`` (:func:`prnad.thresholds.false_alarm_promise`)."""
+        normal = (self.info.get("thresholds") or {}).get("normal_scores")
+        threshold = self.image_threshold if threshold is None else threshold
+        if not normal or threshold is None:
+            raise CheckpointError(f"{self._name}: the run kept no held-out normal images or threshold to judge")
+        return false_alarm_promise(np.array(normal), threshold)
 
     @classmethod
     def from_run(

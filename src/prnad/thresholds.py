@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PROMISE_CONFIDENCE = 0.9  # how sure a stated false-alarm bound is (:func:`false_alarm_promise`)
+
 
 def _descending_groups(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct scores, descending, with the positives and negatives in each group of equal scores.
@@ -116,3 +118,39 @@ def precision_recall_f1(counts: dict[str, int]) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def conformal_threshold(normal_scores: np.ndarray, rate: float) -> float:
+    """The threshold t that flags a new normal image (``score > t``) with probability at most ``rate``,
+    from n out-of-sample normal scores exchangeable with it: the k-th smallest, k = ceil((n + 1)(1 - rate)).
+
+    A new normal score is equally likely to fall in each of the n + 1 gaps of the sorted scores, so it lies
+    above the k-th smallest with probability (n + 1 - k) / (n + 1) <= rate. When k > n (rate below
+    1 / (n + 1): too few normals to promise it), t is the largest score and the promise is 1 / (n + 1);
+    :func:`false_alarm_promise` says what a threshold promises.
+    """
+    normal = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())  # ascending
+    if normal.size == 0:
+        raise ValueError("no normal scores to set a false-alarm rate on")
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"the false-alarm rate must be in (0, 1), got {rate}")
+    k = int(np.ceil((normal.size + 1) * (1.0 - rate) - 1e-9))
+    return float(normal[min(k, normal.size) - 1])
+
+
+def false_alarm_promise(normal_scores: np.ndarray, threshold: float, confidence: float = 0.9) -> dict[str, float]:
+    """What ``threshold`` promises on new normal images, from n out-of-sample normal scores of which m lie above
+    it: the expected false-alarm rate, at most (m + 1) / (n + 1), and the rate that it stays under with
+    probability ``confidence``, the ``confidence`` quantile of Beta(m + 1, n - m) (the law of the rate above the
+    (n - m)-th smallest score; a threshold at or above it flags new normals no more often).
+
+    Returns ``normals`` n, ``above`` m, ``expected_rate``, ``bound`` and ``confidence``.
+    """
+    from scipy.stats import beta
+
+    normal = np.asarray(normal_scores, dtype=np.float64).ravel()
+    if normal.size == 0:
+        raise ValueError("no normal scores to promise a false-alarm rate from")
+    n, m = int(normal.size), int(np.count_nonzero(normal > threshold))
+    bound = 1.0 if m == n else float(beta.ppf(confidence, m + 1, n - m))
+    return {"normals": n, "above": m, "expected_rate": (m + 1) / (n + 1), "bound": bound, "confidence": confidence}

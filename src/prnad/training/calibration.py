@@ -11,6 +11,7 @@ Shape letters: N held-out normals, M calibration images, S image side.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,12 @@ from prnad.inference import PREDICT_BATCH
 from prnad.model import PRN
 from prnad.model.prn import fused_for_inference, topk_score
 from prnad.thresholds import (
+    PROMISE_CONFIDENCE,
     balanced_threshold,
+    conformal_threshold,
     decision_counts,
     f1_optimal_threshold,
+    false_alarm_promise,
     false_alarm_threshold,
     precision_recall_f1,
 )
@@ -90,36 +94,87 @@ def _mean_std(values: torch.Tensor) -> torch.Tensor:
     return torch.stack([values.mean(0), values.std(0).clamp_min(1e-6)])
 
 
+@dataclass(frozen=True)
+class NormalOutputs:
+    """What the score and the fused map are made of on the held-out normals, before standardisation, on the
+    CPU: ``parts`` (N, 1 + n_banks) float64 per image (the top-K score, each bank's largest distance),
+    ``logits`` (N, 1, S, S) the decoder's and ``maps`` the banks' distance maps, n_banks x (N, 1, h_i, w_i)."""
+
+    parts: torch.Tensor
+    logits: torch.Tensor
+    maps: list[torch.Tensor]
+
+    def pixel_parts(self, infer: PRN) -> torch.Tensor:
+        """(N, S*S, 1 + n_banks) float64: each pixel's decoder logit and bank distances upsampled to S, as the
+        fused map takes them."""
+        ups = infer.upsampled(self.maps, self.logits)  # n_banks x (N, 1, S, S)
+        return torch.cat([self.logits, *ups], dim=1).flatten(2).transpose(1, 2).double()
+
+
 @torch.no_grad()
-def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> dict[str, Any]:
+def normal_outputs(infer: PRN, normals: np.ndarray, device: torch.device) -> NormalOutputs:
+    """The parts of an inference-ready ``infer`` (with banks) on ``normals`` (N, S, S, 3) uint8, computed in
+    predict's batches (so that they are the numbers predict sums)."""
+    parts, logits, maps = [], [], []
+    for start in range(0, len(normals), PREDICT_BATCH):
+        batch = to_batch(normals[start : start + PREDICT_BATCH], device)  # (b, 3, S, S)
+        out_logits, out_maps = infer.decode(batch)  # (b, 1, S, S), n_banks x (b, 1, h_i, w_i)
+        topk = topk_score(out_logits, infer.topk, smoothing=infer.score_smoothing)  # (b,) float64
+        parts.append(torch.cat([topk[:, None], infer.largest_distances(out_maps).double()], dim=1).cpu())
+        logits.append(out_logits.cpu())
+        maps.append([m.cpu() for m in out_maps])
+    return NormalOutputs(
+        torch.cat(parts), torch.cat(logits), [torch.cat(per_bank) for per_bank in zip(*maps, strict=True)]
+    )
+
+
+@torch.no_grad()
+def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> tuple[dict[str, Any], NormalOutputs]:
     """Set ``model.score_stats`` and ``model.map_stats`` from the held-out ``normals`` (N, S, S, 3) uint8,
     N >= 2: the mean and standard deviation (ddof 1; a spread below 1e-6 taken as 1e-6) of, per image, the
     top-K score and each bank's largest distance, and over every pixel, the decoder's logit and each bank's
-    distance map upsampled to S. Returns the statistics as stored."""
+    distance map upsampled to S. Returns the statistics as stored, and the outputs they came from."""
     if len(normals) < 2:
         raise DataError(
             f"the image score needs at least 2 held-out normal images to standardise on, got {len(normals)}"
         )
     infer = fused_for_inference(model).to(device)
-    image_parts, pixel_parts = [], []
-    for start in range(0, len(normals), PREDICT_BATCH):
-        batch = to_batch(normals[start : start + PREDICT_BATCH], device)  # (b, 3, S, S)
-        logits, maps = infer.decode(batch)  # (b, 1, S, S), n_banks maps
-        topk = topk_score(logits, model.topk, smoothing=model.score_smoothing)  # (b,) float64
-        image_parts.append(torch.cat([topk[:, None], infer.largest_distances(maps).double()], dim=1).cpu())
-        ups = infer.upsampled(maps, logits)  # n_banks x (b, 1, S, S), as the fused map takes them
-        pixel_parts.append(torch.cat([logits, *ups], dim=1).permute(0, 2, 3, 1).flatten(0, 2).double().cpu())
-    image_stats = _mean_std(torch.cat(image_parts))  # (2, 1 + n_banks) over N images
-    map_stats = _mean_std(torch.cat(pixel_parts))  # (2, 1 + n_banks) over N*S*S pixels
+    outputs = normal_outputs(infer, normals, device)
+    image_stats = _mean_std(outputs.parts)  # (2, 1 + n_banks) over N images
+    map_stats = _mean_std(outputs.pixel_parts(infer).flatten(0, 1))  # (2, 1 + n_banks) over N*S*S pixels
     model.score_stats.copy_(image_stats.to(model.score_stats))
     model.map_stats.copy_(map_stats.to(model.map_stats))
-    return {
+    stats = {
         "image_mean": image_stats[0].tolist(),
         "image_std": image_stats[1].tolist(),
         "pixel_mean": map_stats[0].tolist(),
         "pixel_std": map_stats[1].tolist(),
         "normals": len(normals),
     }
+    return stats, outputs
+
+
+@torch.no_grad()
+def out_of_sample_normals(model: PRN, outputs: NormalOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) float64 and fused logits (N, S, S) float32 of the held-out normals, each image standardised on
+    the other N - 1 (leave one out), N >= 3: as a new normal image is scored, by statistics it took no part in.
+    The statistics standardised on all N would score each of them in-sample: their z-scores sum to 0 by
+    construction, and their largest lies lower than a new image's, so a threshold set on them flags new normal
+    images more often than it promises."""
+    n = len(outputs.parts)
+    if n < 3:
+        raise ValueError(f"leaving one out needs at least 3 held-out normals, got {n}")
+    loo = fused_for_inference(model).cpu()
+    pixels = outputs.pixel_parts(loo)  # (N, S*S, P)
+    scores, logits = [], []
+    for j in range(n):
+        others = torch.arange(n) != j
+        loo.score_stats.copy_(_mean_std(outputs.parts[others]).to(loo.score_stats))
+        loo.map_stats.copy_(_mean_std(pixels[others].flatten(0, 1)).to(loo.map_stats))
+        maps = [m[j : j + 1] for m in outputs.maps]  # n_banks x (1, 1, h_i, w_i)
+        scores.append(float(loo.combined_score(outputs.parts[j : j + 1, 0], outputs.parts[j : j + 1, 1:])[0]))
+        logits.append(loo.fused_logits(outputs.logits[j : j + 1], maps)[0, 0].float().numpy())
+    return np.array(scores), np.stack(logits)
 
 
 def pixel_threshold(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, rate: float | None) -> tuple[float, str]:
@@ -148,15 +203,24 @@ def pixel_threshold(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, r
     return false_alarm_threshold(normal_pixels, rate), method
 
 
-def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: torch.device) -> dict[str, Any]:
+def fit_thresholds(
+    model: PRN,
+    pool: TrainingPool,
+    config: RunConfig,
+    device: torch.device,
+    out_of_sample: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Thresholds for ``model`` (a training-mode PRN: an inference copy is made) from the held-out normals
-    in ``pool.normals`` and anomalies made from them.
+    in ``pool.normals`` and anomalies made from them. ``out_of_sample``: the normals' scores (N,) and fused
+    logits (N, S, S) each standardised without it (:func:`out_of_sample_normals`), which replace the model's
+    own (standardised on them all) wherever a threshold is fitted or a promise made.
 
-    Returns what the checkpoint stores: ``image`` (on the image score, by ``threshold.image_criterion`` or
-    ``max_false_alarm_rate``) and ``pixel`` (on the map, in [0, 1]: :func:`pixel_threshold` with
-    ``threshold.pixel_false_alarm_rate``), each applied as ``value > threshold``, the methods, the
-    calibration scores (so that a false-alarm rate can be set later without data) and the F1 each
-    threshold reaches on the calibration set.
+    Returns what the checkpoint stores: ``image`` (on the image score: with ``max_false_alarm_rate`` the
+    conformal threshold, else by ``threshold.image_criterion``) and ``pixel`` (on the map, in [0, 1]:
+    :func:`pixel_threshold` with ``threshold.pixel_false_alarm_rate``), each applied as ``value > threshold``,
+    the methods, what each promises on new normal images (:func:`false_alarm_promise`; for the pixel threshold,
+    on the share of normal images with any pixel flagged), the calibration scores (so that a false-alarm rate
+    can be set later without data) and the F1 each threshold reaches on the calibration set.
     """
     images, masks, labels = calibration_set(pool, config)
     infer = fused_for_inference(model).to(device)
@@ -165,29 +229,38 @@ def fit_thresholds(model: PRN, pool: TrainingPool, config: RunConfig, device: to
     normal = labels == 0
     parts = [batched_outputs(infer, images[rows], device, PREDICT_BATCH) for rows in (normal, ~normal)]
     scores, logits = (np.concatenate([part[i] for part in parts]) for i in (0, 1))
+    if out_of_sample is not None:
+        scores[normal], logits[normal] = out_of_sample
     normal_scores = scores[normal]
-    rate = config.threshold.max_false_alarm_rate
-    if rate is None:
-        criterion = config.threshold.image_criterion
-        fit = balanced_threshold if criterion == "balanced" else f1_optimal_threshold
-        image_t = fit(scores, labels)[0]
-        what = "TPR - FPR (balanced)" if criterion == "balanced" else "F1"
-        method = f"highest {what} on held-out normals and simulated anomalies"
-    else:
-        image_t = false_alarm_threshold(normal_scores, rate)
-        method = f"at most {rate:g} of the held-out normals flagged"
+    image_t, method = _image_threshold(scores, labels, config)
     image_f1 = precision_recall_f1(decision_counts(scores, labels, image_t))["f1"]
     pixel_logit, pixel_method = pixel_threshold(logits, masks, labels, config.threshold.pixel_false_alarm_rate)
     pixel_f1 = precision_recall_f1(decision_counts(logits, masks, pixel_logit))["f1"]
+    largest_normal_logits = logits[normal].reshape(int(normal.sum()), -1).max(1)  # (N,)
     return {
         "image": image_t,
         "pixel": float(1.0 / (1.0 + np.exp(-pixel_logit))),
         "image_method": method,
         "pixel_method": pixel_method,
-        "max_false_alarm_rate": rate,
+        "max_false_alarm_rate": config.threshold.max_false_alarm_rate,
         "pixel_false_alarm_rate": config.threshold.pixel_false_alarm_rate,
+        "promise": false_alarm_promise(normal_scores, image_t, PROMISE_CONFIDENCE),
+        "pixel_promise": false_alarm_promise(largest_normal_logits, pixel_logit, PROMISE_CONFIDENCE),
+        "out_of_sample": out_of_sample is not None or model.n_score_banks == 0,
         "calibration_f1": {"image": image_f1, "pixel": pixel_f1},
         "calibration_anomalies": int(labels.sum()),
         "normal_scores": [float(s) for s in normal_scores],
         "anomaly_scores": [float(s) for s in scores[labels == 1]],
     }
+
+
+def _image_threshold(scores: np.ndarray, labels: np.ndarray, config: RunConfig) -> tuple[float, str]:
+    """The image threshold on the calibration ``scores`` (normals labelled 0) and how it was chosen."""
+    rate = config.threshold.max_false_alarm_rate
+    if rate is not None:
+        threshold = conformal_threshold(scores[labels == 0], rate)
+        return threshold, f"conformal: new normal images flagged with probability at most {rate:g}"
+    criterion = config.threshold.image_criterion
+    fit = balanced_threshold if criterion == "balanced" else f1_optimal_threshold
+    what = "TPR - FPR (balanced)" if criterion == "balanced" else "F1"
+    return fit(scores, labels)[0], f"highest {what} on held-out normals and simulated anomalies"

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from prnad.checkpoint import load_checkpoint, save_checkpoint
-from prnad.config import RunConfig, to_dict
+from prnad.config import RunConfig, build_config, to_dict
 from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_category
 from prnad.errors import ConfigError, DataError, TrainingError
 from prnad.fitting import compute_prototypes, compute_score_banks
@@ -30,7 +30,7 @@ from prnad.model.prn import FrozenParts
 from prnad.runs import RunPaths
 from prnad.synthesis import detect_category_type, foreground_masks, load_textures, procedural_textures
 from prnad.training.cache import FeatureCache
-from prnad.training.calibration import fit_thresholds, holdout_indices, standardise_score
+from prnad.training.calibration import fit_thresholds, holdout_indices, out_of_sample_normals, standardise_score
 from prnad.training.progress import progress as progress_display
 from prnad.training.sampler import AnomalyStream, TrainingPool, kind_fractions
 from prnad.utils import resolve_device, seed_everything
@@ -240,6 +240,35 @@ def train(
     return save_checkpoint(paths.model, model=model, config=config, iteration=config.train.iterations, info=info)
 
 
+def recalibrate(run_dir: str | Path, threshold: dict[str, Any], *, device: str = "auto") -> Path:
+    """Refit a finished run's score standardisation and thresholds with the ``threshold`` settings changed
+    (``max_false_alarm_rate``, ``pixel_false_alarm_rate``, ``image_criterion``, ``calibration_anomalies``), on
+    the same held-out normals; the network, prototypes and score banks stay. Rewrites the run's model file and
+    config.yaml; returns the model file. The held-out share cannot change (other normals would be in-sample)."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.model.is_file():
+        raise DataError(f"{paths.model}: no trained model to calibrate in {paths.root}")
+    torch_device = resolve_device(device)
+    ckpt = load_checkpoint(paths.model, map_location=torch_device)
+    config = build_config(to_dict(ckpt.config), {"threshold": threshold})
+    if config.threshold.holdout_fraction != ckpt.config.threshold.holdout_fraction or not ckpt.info.get("thresholds"):
+        raise ConfigError(
+            f"{paths.model}: calibration keeps the run's held-out normals (threshold.holdout_fraction "
+            f"{ckpt.config.threshold.holdout_fraction}, > 0); train again to hold out another share"
+        )
+    category, seen = _validated_split(config)
+    pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
+    if (info["seen_anomalies"], info["calibration_normals"]) != (
+        ckpt.info["seen_anomalies"],
+        ckpt.info["calibration_normals"],
+    ):
+        raise DataError(f"{config.data.root}: the data changed since training (other seen anomalies or normals)")
+    info = dict(ckpt.info)
+    fit_score_and_thresholds(ckpt.model, pool, calibration, config, torch_device, info, banks=False)
+    paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return save_checkpoint(paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
+
+
 def fit_score_and_thresholds(
     model: PRN,
     pool: TrainingPool,
@@ -247,21 +276,29 @@ def fit_score_and_thresholds(
     config: RunConfig,
     device: torch.device,
     info: dict[str, Any],
+    *,
+    banks: bool = True,
 ) -> None:
     """After training: with ``model.score_bank_size`` > 0, the score banks (from the trained normals) and their
     standardisation (on the held-out normals); then the thresholds. Neither touches the trained weights (the
     banks only enter the score and the reported map, never the loss), so this also serves a trained model.
-    Records both in ``info``, and the seconds the banks took (``score_bank_seconds``)."""
+    Records both in ``info``, and the seconds the banks took (``score_bank_seconds``). ``banks`` False keeps
+    the model's banks (a run being recalibrated)."""
+    out_of_sample = None
     if config.model.score_bank_size > 0:
         started = time.perf_counter()
-        banks = compute_score_banks(
-            model.encoder, pool.normals, size=config.model.score_bank_sizes, seed=config.train.seed, device=device
-        )
-        model.set_score_banks([b.to(device) for b in banks])
-        info["score_stats"] = standardise_score(model, calibration.normals, device)
-        info["score_bank_seconds"] = round(time.perf_counter() - started, 1)
+        if banks:
+            built = compute_score_banks(
+                model.encoder, pool.normals, size=config.model.score_bank_sizes, seed=config.train.seed, device=device
+            )
+            model.set_score_banks([b.to(device) for b in built])
+        info["score_stats"], outputs = standardise_score(model, calibration.normals, device)
+        if len(calibration.normals) >= 3:  # each normal standardised on the others: its score out of sample
+            out_of_sample = out_of_sample_normals(model, outputs)
+        if banks:
+            info["score_bank_seconds"] = round(time.perf_counter() - started, 1)
     if calibration is not None:
-        info["thresholds"] = fit_thresholds(model, calibration, config, device)
+        info["thresholds"] = fit_thresholds(model, calibration, config, device, out_of_sample)
 
 
 def _loop(
