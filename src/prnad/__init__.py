@@ -2,7 +2,7 @@
 
 >>> import prnad
 >>> sorted(name for name in prnad.__all__ if name[0].islower())
-['calibrate', 'demo', 'export', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
+['calibrate', 'demo', 'export', 'layout_set', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
 """
 
 from prnad._version import __version__
@@ -13,6 +13,7 @@ from prnad.api import (
     calibrate,
     demo,
     export,
+    layout_set,
     load,
     make_config,
     predict_folder,
@@ -44,6 +45,7 @@ __all__ = [
     "calibrate",
     "demo",
     "export",
+    "layout_set",
     "load",
     "make_config",
     "predict_folder",

@@ -29,6 +29,7 @@ __all__ = [
     "demo",
     "export",
     "format_table",
+    "layout_set",
     "load",
     "make_config",
     "predict_folder",
@@ -208,6 +209,15 @@ def synth_preview(
         image_size=image_size,
         category_type=category_type,
     )
+
+
+def layout_set(data: str | Path, out: str | Path, *, seed: int = 0, per_kind: int | None = None) -> Path:
+    """Write an evaluation set of layout anomalies (a part of the object removed, moved or rotated; masks where
+    the part should be and where it landed) made from the normal test images of the category ``data``, in the
+    MVTec AD layout: ``detector.evaluate(out)`` measures it. Never training data."""
+    from prnad.layout_eval import write_layout_set
+
+    return write_layout_set(data, out, seed=seed, per_kind=per_kind)
 
 
 def predict_folder(

@@ -1,4 +1,4 @@
-"""The ``prnad`` command line: train, evaluate, calibrate, predict, export, synth, demo.
+"""The ``prnad`` command line: train, evaluate, calibrate, predict, export, synth, layout-set, demo.
 
 Thin: it turns flags into the arguments of :mod:`prnad.api` and prints what comes back. Exit status: 0 done;
 1 ``predict`` scored some inputs but not all (each failure is reported); 2 a user error, with its message.
@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seen-anomalies", type=int, default=10)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--category-type", choices=["auto", "object", "texture"], default="auto")
+
+    p = sub.add_parser("layout-set", help="write an evaluation set of layout anomalies (parts removed, moved, rotated)")
+    p.add_argument("--data", required=True, help="category folder whose normal test images the anomalies come from")
+    p.add_argument("--out", required=True, help="new folder for the set (MVTec AD layout; evaluate it with --data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-kind", type=int, help="anomalies of each kind (default: one per normal test image)")
 
     p = sub.add_parser("predict", help="score new images with a trained run: decisions, masks, overlays, maps")
     p.add_argument("run", help="run folder written by prnad train")
@@ -262,6 +268,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_layout_set(args: argparse.Namespace) -> int:
+    path = api.layout_set(args.data, args.out, seed=args.seed, per_kind=args.per_kind)
+    print(f"layout anomalies written to {path}; measure them with prnad evaluate RUN --data {path}")
+    return 0
+
+
 def _decision(anomalous: bool | None) -> str:
     return {True: "ANOMALOUS", False: "ok", None: "-"}[anomalous]
 
@@ -319,6 +331,7 @@ COMMANDS = {
     "calibrate": _cmd_calibrate,
     "predict": _cmd_predict,
     "synth": _cmd_synth,
+    "layout-set": _cmd_layout_set,
     "export": _cmd_export,
     "demo": _cmd_demo,
 }
