@@ -358,3 +358,31 @@ def test_train_step_times_each_cache_budget_from_the_same_model(tiny_category: P
     assert cached == [0, data["unchanged_images"]] and 2 < data["unchanged_images"] <= n_normal + 2
     assert all(row["step_s"] > 0 for row in data["rows"])
     assert "train_step.py" in (tmp_path / "train_step.md").read_text()
+
+
+def test_calibration_benchmark_measures_every_rule_against_its_promise(tmp_path: Path, monkeypatch):
+    import prnad
+    from prnad.data import write_tiny_category
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import calibration
+
+    category = write_tiny_category(tmp_path / "tiny", rng=np.random.default_rng(2), size=64, n_train=12, n_good_test=4)
+    values = tiny_overrides(category)
+    values["model"]["score_bank_size"] = 16
+    values["threshold"] = {"holdout_fraction": 0.3, "calibration_anomalies": 6}
+    prnad.train(category, tmp_path / "run", overrides=values)
+    layout = prnad.layout_set(category, tmp_path / "layout", per_kind=2)
+    argv = [str(tmp_path / "run"), "--rules", "balanced", "far0.5", "--layout", str(layout)]
+    data = calibration.main([*argv, "--results", str(tmp_path / "results"), "--name", "cal"])
+    run = data["runs"][str(tmp_path / "run")]
+    fitted = prnad.load(tmp_path / "run_cal", device="cpu").info["thresholds"]
+    assert run["held_out_normals"] == 4 and run["out_of_sample"]
+    assert run["rules"]["far0.5"]["threshold"] == sorted(fitted["normal_scores"])[2]  # k = ceil(5 * 0.5) = 3
+    assert run["rules"]["far0.5"]["promise"]["above"] == 1
+    for row in run["rules"].values():
+        assert row["good_flagged"] == pytest.approx(100 * row["fp"] / (row["fp"] + row["tn"]))
+    assert sorted(run["layout"]["per_type"]) == ["moved", "removed", "rotated"]
+    report = (tmp_path / "results" / "cal.md").read_text()
+    assert "| far0.5 |" in report and "Layout-anomaly set" in report and data["command"] in report
