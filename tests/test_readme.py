@@ -13,6 +13,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = {
     "train": [*FAST_TRAIN, "--seen-anomalies", "2", "--no-progress"],
     "evaluate": [],
+    "calibrate": [],
+    "layout-set": ["--per-kind", "2"],
     "predict": [],
     "export": [],
     "synth": ["--image-size", "64", "--seen-anomalies", "2"],
