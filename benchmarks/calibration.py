@@ -83,6 +83,32 @@ def measure(run: Path, rules: list[str], layout: Path | None) -> dict:
     return out
 
 
+def choose_on_the_others(data: dict) -> dict[str, dict]:
+    """Cross-validation over categories: for each category, the rule with the smallest mean F1 shortfall (best F1
+    in hindsight minus F1) on the runs of the other categories, and what it gives on this category's runs."""
+    by_category: dict[str, list[dict]] = {}
+    for r in data["runs"].values():
+        by_category.setdefault(r["category"], []).append(r)
+    rules = sorted({rule for r in data["runs"].values() for rule in r["rules"]})
+
+    def shortfall(runs: list[dict], rule: str) -> float:
+        return float(np.mean([r["rules"][rule]["f1_best"] - r["rules"][rule]["f1"] for r in runs]))
+
+    out = {}
+    for category, runs in sorted(by_category.items()):
+        others = [r for c, rs in by_category.items() if c != category for r in rs]
+        if not others:
+            continue
+        chosen = min(rules, key=lambda rule: shortfall(others, rule))
+        out[category] = {
+            "rule": chosen,
+            "shortfall_on_others": shortfall(others, chosen),
+            "shortfall_here": shortfall(runs, chosen),
+            "good_flagged_here": float(np.mean([r["rules"][chosen]["good_flagged"] for r in runs])),
+        }
+    return out
+
+
 def _markdown(data: dict) -> str:
     lines = [
         f"# Image threshold rules at the line ({data['date']})",
@@ -102,6 +128,14 @@ def _markdown(data: dict) -> str:
                 f"| {run} | {rule} | {m['good_flagged']:.1f} ({m['fp']}) | {100 * p['expected_rate']:.1f} "
                 f"({100 * p['bound']:.1f}) | {m['defective_missed']:.1f} ({m['fn']}) | {m['f1']:.1f} | "
                 f"{m['f1_best']:.1f} | {m['pixel_f1']:.1f} |"
+            )
+    chosen = choose_on_the_others(data)
+    if chosen:
+        lines += ["", "Chosen on the other categories (smallest mean F1 shortfall there), measured here:", ""]
+        for category, c in chosen.items():
+            lines.append(
+                f"- {category}: {c['rule']} (shortfall {c['shortfall_on_others']:.1f} on the others); here "
+                f"shortfall {c['shortfall_here']:.1f}, good flagged {c['good_flagged_here']:.1f} %"
             )
     layouts = {run: r["layout"] for run, r in data["runs"].items() if "layout" in r}
     if layouts:

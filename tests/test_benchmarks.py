@@ -386,3 +386,29 @@ def test_calibration_benchmark_measures_every_rule_against_its_promise(tmp_path:
     assert sorted(run["layout"]["per_type"]) == ["moved", "removed", "rotated"]
     report = (tmp_path / "results" / "cal.md").read_text()
     assert "| far0.5 |" in report and "Layout-anomaly set" in report and data["command"] in report
+
+
+def test_a_rule_is_chosen_on_the_other_categories(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import calibration
+
+    def run(category: str, shortfalls: dict) -> dict:
+        return {
+            "category": category,
+            "rules": {r: {"f1_best": 100.0, "f1": 100.0 - s, "good_flagged": s} for r, s in shortfalls.items()},
+        }
+
+    data = {
+        "runs": {
+            "a0": run("a", {"x": 1.0, "y": 5.0}),
+            "a1": run("a", {"x": 3.0, "y": 5.0}),
+            "b0": run("b", {"x": 9.0, "y": 4.0}),
+        }
+    }
+    chosen = calibration.choose_on_the_others(data)
+    assert chosen["a"] == {"rule": "y", "shortfall_on_others": 4.0, "shortfall_here": 5.0, "good_flagged_here": 5.0}
+    assert (
+        chosen["b"]["rule"] == "x"
+        and chosen["b"]["shortfall_here"] == 9.0
+        and chosen["b"]["shortfall_on_others"] == 2.0
+    )
