@@ -55,11 +55,13 @@ def test_train_writes_a_run_folder(trained_run: Path):
     assert config["model"]["kmeans_restarts"] == 1  # from --config, with flags on top
 
 
-def test_train_with_a_preset_under_the_config_and_flags(tiny_category: Path, tmp_path: Path, fast_config: Path):
+def test_train_with_a_preset_under_the_config_and_flags(tiny_category: Path, tmp_path: Path, fast_config: Path, capsys):
     """--preset line gives the line head; --config and flags still override it (here the decoder widths)."""
     out = tmp_path / "line"
     argv = ["train", "--data", str(tiny_category), "--out", str(out), "--preset", "line", "--config", str(fast_config)]
     assert main([*argv, "--no-progress", *FAST]) == 0
+    printed = capsys.readouterr().out  # what the image threshold promises, then where the run is
+    assert "new normal images flagged 33.3 % of the time on average" in printed and "(2 held-out normals)" in printed
     model = yaml.safe_load((out / "config.yaml").read_text())["model"]
     assert model["prototype_match"] == "map" and model["score_bank_size"] == 0 and model["msa_grids"] == [1]
     assert model["decoder_channels"] == [16, 16, 8]  # the config file's, over the preset's [32, 16, 8]

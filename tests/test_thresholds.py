@@ -328,6 +328,10 @@ def test_evaluate_reports_decisions_at_the_thresholds(detector: prnad.Detector):
     assert "F1" in table and f"good parts flagged {image['good_flagged']:.1f} % ({image['fp']} of {good})" in table
     assert f"from {len(normal)} held-out normals" in table and "best F1 in hindsight" in table
     assert 0.0 <= at["pixel"]["good_with_mask"] <= 100.0
+    largest = detector.info["thresholds"]["normal_largest_pixels"]
+    above = sum(v > detector.pixel_threshold for v in largest)
+    assert at["pixel"]["promise"]["above"] == above and len(largest) == len(normal)
+    assert "good parts with a non-empty mask" in table
 
 
 def test_a_run_without_held_out_normals_has_no_decisions(tiny_category: Path, tmp_path: Path):

@@ -169,16 +169,18 @@ def at_thresholds(
     masks: np.ndarray,
     image_t: float | None,
     pixel_t: float | None,
-    normal_scores: list[float] | None = None,
+    fitted: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """What a line engineer gets at fixed thresholds: image precision, recall and F1 of ``score > image_t``,
     the shares of good parts flagged and defective parts missed, the best F1 any threshold gives on this set
-    (in hindsight, for comparison only) and, from the run's out-of-sample ``normal_scores``, the false-alarm
-    rate the threshold promises (:func:`~prnad.thresholds.false_alarm_promise`); pixel precision, recall and
-    F1 of ``map > pixel_t`` over every test pixel and the share of good images with any pixel flagged
-    (percent, with the counts). None when the model has no thresholds."""
+    (in hindsight, for comparison only) and, from the run's calibration record ``fitted`` (its out-of-sample
+    ``normal_scores``), the false-alarm rate the threshold promises
+    (:func:`~prnad.thresholds.false_alarm_promise`); pixel precision, recall and F1 of ``map > pixel_t`` over
+    every test pixel, the share of good images with any pixel flagged and, from the held-out normals' largest
+    pixels, how often that was promised (percent, with the counts). None when the model has no thresholds."""
     if image_t is None and pixel_t is None:
         return None
+    fitted = fitted or {}
     out: dict[str, Any] = {"image_threshold": image_t, "pixel_threshold": pixel_t}
     for key, values, truth, t in (("image", preds.scores, labels, image_t), ("pixel", preds.maps, masks, pixel_t)):
         if t is not None:
@@ -188,12 +190,17 @@ def at_thresholds(
         out["image"] |= _line_shares(out["image"]) | {
             "f1_best": round(100.0 * f1_optimal_threshold(preds.scores, labels)[1], 4)
         }
-        if normal_scores:
-            out["image"]["promise"] = false_alarm_promise(np.array(normal_scores), image_t, PROMISE_CONFIDENCE)
+        if fitted.get("normal_scores"):
+            out["image"]["promise"] = false_alarm_promise(
+                np.array(fitted["normal_scores"]), image_t, PROMISE_CONFIDENCE
+            )
     if pixel_t is not None:
         good = labels == 0
         flagged = (preds.maps[good].reshape(int(good.sum()), -1) > pixel_t).any(1)  # (good images,)
         out["pixel"]["good_with_mask"] = round(100.0 * float(flagged.mean()), 4) if good.any() else None
+        if fitted.get("normal_largest_pixels"):
+            largest = np.array(fitted["normal_largest_pixels"])
+            out["pixel"]["promise"] = false_alarm_promise(largest, pixel_t, PROMISE_CONFIDENCE)
     return out
 
 
@@ -245,9 +252,7 @@ def evaluate_model(
     return {
         "metrics": _rounded(metrics),
         "per_type": per_type_metrics(test, preds, masks),
-        "at_threshold": at_thresholds(
-            preds, labels, masks, *thresholds, (info.get("thresholds") or {}).get("normal_scores")
-        ),
+        "at_threshold": at_thresholds(preds, labels, masks, *thresholds, info.get("thresholds") or {}),
         "inference_ms_per_image": round(float(np.mean(preds.ms)), 2),
         "inference_ms_median": round(float(statistics.median(preds.ms)), 2),
         "device": device_name(device),
@@ -284,6 +289,13 @@ def _threshold_lines(at: dict[str, Any]) -> list[str]:
             )
     if "image" in at:
         lines.append(_line_summary(at["image"]))
+    if at.get("pixel", {}).get("good_with_mask") is not None:
+        pixel = at["pixel"]
+        line = f"good parts with a non-empty mask {_percent(pixel['good_with_mask'])}"
+        if pixel.get("promise"):
+            promise = pixel["promise"]
+            line += f" (expected {100 * promise['expected_rate']:.1f} %, at most {100 * promise['bound']:.1f} %)"
+        lines.append(line)
     return lines
 
 

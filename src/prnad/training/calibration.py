@@ -250,6 +250,7 @@ def fit_thresholds(
         "calibration_f1": {"image": image_f1, "pixel": pixel_f1},
         "calibration_anomalies": int(labels.sum()),
         "normal_scores": [float(s) for s in normal_scores],
+        "normal_largest_pixels": [float(v) for v in 1.0 / (1.0 + np.exp(-largest_normal_logits))],
         "anomaly_scores": [float(s) for s in scores[labels == 1]],
     }
 
