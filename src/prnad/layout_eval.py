@@ -49,7 +49,7 @@ def write_layout_set(data: str | Path, out: str | Path, *, seed: int = 0, per_ki
         (out / "test" / kind).mkdir(parents=True)
         (out / "ground_truth" / kind).mkdir(parents=True)
         made[kind] = _write_kind(out, kind, k, images, foregrounds, seed, per_kind or len(images))
-    record = {"source": str(category.root), "seed": seed, "category_type": kind_of_category, "made": made}
+    record = {"source": str(category.root.resolve()), "seed": seed, "category_type": kind_of_category, "made": made}
     (out / "layout_set.json").write_text(json.dumps(record, indent=2))
     return out
 
