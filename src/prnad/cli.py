@@ -245,13 +245,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def promise_line(fitted: dict[str, Any]) -> str:
-    """The image threshold, how it was chosen and what it promises on new normal images."""
-    promise = fitted["promise"]
-    return (
+    """The thresholds, how the image one was chosen and what each promises on new normal images."""
+    promise, pixel = fitted["promise"], fitted.get("pixel_promise")
+    line = (
         f"image threshold {fitted['image']:.4g} ({fitted['image_method']}): new normal images flagged "
         f"{100 * promise['expected_rate']:.1f} % of the time on average, at most {100 * promise['bound']:.1f} % "
         f"with {100 * promise['confidence']:.0f} % confidence ({promise['normals']} held-out normals)"
     )
+    if pixel:
+        line += (
+            f"\npixel threshold {fitted['pixel']:.4g}: a new normal image's mask non-empty "
+            f"{100 * pixel['expected_rate']:.1f} % of the time on average, at most {100 * pixel['bound']:.1f} %"
+        )
+    return line
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

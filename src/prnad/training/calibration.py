@@ -10,7 +10,6 @@ Shape letters: N held-out normals, M calibration images, S image side.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,8 +181,9 @@ def pixel_threshold(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, r
 
     ``rate`` set: the lowest logit at which at most ``rate`` of the held-out normals' pixels (images with
     label 0) lie above it (:func:`false_alarm_threshold`). None: the F1-optimal logit over every pixel
-    of the set against ``masks`` (M, S, S) bool. Warns when the held-out pixels are fewer than ``1 / rate``
-    (the threshold is then their largest value, named in the method).
+    of the set against ``masks`` (M, S, S) bool. When the held-out pixels are fewer than ``1 / rate`` the
+    threshold is their largest value, and the method says so (the run's ``pixel_promise`` then states how often
+    a new good part's mask is non-empty).
     """
     if rate is None:
         return f1_optimal_threshold(logits, masks)[
@@ -191,15 +191,11 @@ def pixel_threshold(logits: np.ndarray, masks: np.ndarray, labels: np.ndarray, r
         ], "f1-optimal over the pixels of held-out normals and simulated anomalies"
     normal_pixels = logits[labels == 0].ravel()  # N*S*S
     method = f"at most {rate:g} of the held-out normals' pixels flagged"
-    if 0 < rate * normal_pixels.size < 1:
-        warnings.warn(
-            f"pixel threshold: {normal_pixels.size} held-out normal pixels are too few to resolve a false-alarm rate"
-            f" of {rate:g} (it needs {int(np.ceil(1 / rate))}); the threshold is their largest value, which new"
-            " normal images exceed more often: hold out more normal images (threshold.holdout_fraction) or set a"
-            " larger threshold.pixel_false_alarm_rate",
-            stacklevel=2,
+    if 0 < rate * normal_pixels.size < 1:  # a small run: what the threshold promises is said per image instead
+        method += (
+            f" (too few pixels to resolve it: {normal_pixels.size}; their largest value, which a new good part's"
+            " map exceeds about 1 time in n + 1 for n held-out normals: see pixel_promise)"
         )
-        method += f" (too few pixels to resolve it: {normal_pixels.size}; their largest value)"
     return false_alarm_threshold(normal_pixels, rate), method
 
 
