@@ -412,3 +412,15 @@ def test_a_rule_is_chosen_on_the_other_categories(monkeypatch):
         and chosen["b"]["shortfall_here"] == 9.0
         and chosen["b"]["shortfall_on_others"] == 2.0
     )
+
+
+def test_the_defaults_evidence_is_what_the_committed_results_give(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import defaults_evidence
+    import yaml
+
+    config = yaml.safe_load((REPO / "benchmarks" / "defaults_evidence.yaml").read_text())
+    assert (REPO / "docs" / "defaults-evidence.md").read_text() == defaults_evidence.markdown(config)
+    assert defaults_evidence.supported({k: 0.1 for k in defaults_evidence.KEYS})
+    assert not defaults_evidence.supported({"image_auroc": 5.0, "pixel_auroc": -0.6, "pro": 1.0, "pixel_ap": 1.0})
+    assert not defaults_evidence.supported(None)
