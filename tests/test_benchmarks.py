@@ -416,8 +416,9 @@ def test_a_rule_is_chosen_on_the_other_categories(monkeypatch):
 
 def test_the_defaults_evidence_is_what_the_committed_results_give(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import defaults_evidence
     import yaml
+
+    import defaults_evidence
 
     config = yaml.safe_load((REPO / "benchmarks" / "defaults_evidence.yaml").read_text())
     assert (REPO / "docs" / "defaults-evidence.md").read_text() == defaults_evidence.markdown(config)
