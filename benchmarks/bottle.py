@@ -246,17 +246,27 @@ def _decision_rows(data: dict) -> list[str]:
         return []
     lines = ["", "At the thresholds fitted without the test set (see each run's methods in the JSON):", ""]
     lines += [
-        "| seed | image threshold | image precision | image recall | image F1 | pixel threshold | pixel precision "
-        "| pixel recall | pixel F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| seed | image threshold | image precision | image recall | image F1 | good flagged (promised) "
+        "| defective missed | pixel threshold | pixel precision | pixel recall | pixel F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         at, i, p = r["at_threshold"], r["at_threshold"]["image"], r["at_threshold"]["pixel"]
         lines.append(
             f"| {r['seed']} | {at['image_threshold']:.4f} | {i['precision']:.1f} | {i['recall']:.1f} | {i['f1']:.1f} | "
-            f"{at['pixel_threshold']:.4f} | {p['precision']:.1f} | {p['recall']:.1f} | {p['f1']:.1f} |"
+            f"{_line_cells(i)} | {at['pixel_threshold']:.4f} | {p['precision']:.1f} | {p['recall']:.1f} | {p['f1']:.1f} |"
         )
     return lines
+
+
+def _line_cells(image: dict) -> str:
+    """Good parts flagged with the promised rate, and defective parts missed (percent); '-' for runs evaluated
+    before evaluate reported them."""
+    if "good_flagged" not in image:
+        return "- | -"
+    promise = image.get("promise")
+    promised = f" ({100 * promise['expected_rate']:.1f})" if promise else ""
+    return f"{image['good_flagged']:.1f}{promised} | {image['defective_missed']:.1f}"
 
 
 def write_markdown(path: Path, data: dict) -> None:

@@ -425,3 +425,24 @@ def test_the_defaults_evidence_is_what_the_committed_results_give(monkeypatch):
     assert defaults_evidence.supported({k: 0.1 for k in defaults_evidence.KEYS})
     assert not defaults_evidence.supported({"image_auroc": 5.0, "pixel_auroc": -0.6, "pro": 1.0, "pixel_ap": 1.0})
     assert not defaults_evidence.supported(None)
+
+
+def test_the_category_report_says_what_a_line_sees_at_the_thresholds(tmp_path: Path):
+    bench = _bench_module()
+    at = {
+        "image_threshold": 1.5,
+        "pixel_threshold": 0.7,
+        "image": {"precision": 90.0, "recall": 80.0, "f1": 84.7, "good_flagged": 5.0, "defective_missed": 20.0},
+        "pixel": {"precision": 60.0, "recall": 70.0, "f1": 64.6},
+    }
+    at["image"]["promise"] = {"expected_rate": 0.0455}
+    old = {k: dict(v) if isinstance(v, dict) else v for k, v in at.items()}
+    for key in ("good_flagged", "defective_missed", "promise"):
+        del old["image"][key]  # a run evaluated before evaluate reported them
+    runs = {"0": _run(0, None, "c0") | {"at_threshold": at}, "1": _run(1, None, "c1") | {"at_threshold": old}}
+    data = {"category": "bottle", "runs": runs, "summary": bench.summarise(runs)}
+    data["summary_float32_sigmoid"] = bench.summarise(runs, "metrics_float32_sigmoid")
+    bench.write_markdown(tmp_path / "b.md", data)
+    text = (tmp_path / "b.md").read_text()
+    assert "| 0 | 1.5000 | 90.0 | 80.0 | 84.7 | 5.0 (4.5) | 20.0 | 0.7000 |" in text
+    assert "| 1 | 1.5000 | 90.0 | 80.0 | 84.7 | - | - | 0.7000 |" in text
