@@ -182,9 +182,11 @@ def test_training_stores_thresholds_from_held_out_normals(detector: prnad.Detect
     assert all(p.startswith("train/good/") for p in detector.info["calibration_normals"])
     assert len(fitted["normal_scores"]) == 2 and len(fitted["anomaly_scores"]) == 8
     assert detector.image_threshold == fitted["image"] and 0.0 <= detector.pixel_threshold <= 1.0
-    scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
-    labels = np.array([0, 0] + [1] * 8)
-    assert fitted["image"] == pytest.approx(balanced_threshold(scores, labels)[0])
+    # the default: conformal at 0.1, which 2 normals cannot promise (1 / 3 > 0.1): their largest score
+    assert (
+        fitted["image"] == conformal_threshold(np.array(fitted["normal_scores"]), 0.1) == max(fitted["normal_scores"])
+    )
+    assert "conformal" in fitted["image_method"] and fitted["promise"]["expected_rate"] == 1 / 3
 
 
 def test_pixel_threshold_flags_at_most_the_rate_of_held_out_normal_pixels():
@@ -261,8 +263,19 @@ def test_training_never_reads_the_held_out_test_split(tiny_category: Path, tmp_p
     assert outside_train and outside_train <= set(seen) | seen_masks
 
 
+def test_balanced_criterion_at_training(tiny_category: Path, tmp_path: Path):
+    values = _overrides(tiny_category, max_false_alarm_rate=None)  # image_criterion balanced
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=values)
+    fitted = run.info["thresholds"]
+    scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
+    labels = np.array([0] * len(fitted["normal_scores"]) + [1] * len(fitted["anomaly_scores"]))
+    assert run.image_threshold == pytest.approx(balanced_threshold(scores, labels)[0])
+    assert "TPR - FPR" in fitted["image_method"]
+
+
 def test_f1_criterion_at_training(tiny_category: Path, tmp_path: Path):
-    run = prnad.train(tiny_category, tmp_path / "run", overrides=_overrides(tiny_category, image_criterion="f1"))
+    values = _overrides(tiny_category, image_criterion="f1", max_false_alarm_rate=None)
+    run = prnad.train(tiny_category, tmp_path / "run", overrides=values)
     fitted = run.info["thresholds"]
     scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
     labels = np.array([0] * len(fitted["normal_scores"]) + [1] * len(fitted["anomaly_scores"]))
@@ -366,6 +379,11 @@ def test_calibrate_refits_the_thresholds_of_a_trained_run(tiny_category: Path, t
     assert fitted["promise"]["above"] == 1 and after.config.threshold.max_false_alarm_rate == 0.5
     a, b = trained.model.state_dict(), after.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # the network, banks and statistics as trained
+    assert main(["calibrate", str(tmp_path / "run"), "--image-criterion", "f1"]) == 0
+    refitted = prnad.load(tmp_path / "run", device="cpu")
+    assert (
+        "F1" in refitted.info["thresholds"]["image_method"] and refitted.config.threshold.max_false_alarm_rate is None
+    )
     with pytest.raises(ConfigError, match="keeps the run's held-out normals"):
         prnad.calibrate(tmp_path / "run", {"holdout_fraction": 0.5})
     with pytest.raises(ConfigError, match="max_false_alarm_rate"):

@@ -53,8 +53,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-false-alarm-rate",
         type=float,
-        help="image threshold flagging a new normal image with at most this probability (conformal; default: "
-        "the highest TPR - FPR)",
+        help="image threshold flagging a new normal image with at most this probability (conformal; default 0.1)",
     )
     p.add_argument(
         "--score-bank-size",
@@ -115,7 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         help="image threshold flagging a new normal image with at most this probability (conformal)",
     )
     p.add_argument("--pixel-false-alarm-rate", type=float, help="pixel threshold: share of normal pixels flagged")
-    p.add_argument("--image-criterion", choices=["balanced", "f1"], help="image threshold criterion without a rate")
+    p.add_argument(
+        "--image-criterion",
+        choices=["balanced", "f1"],
+        help="image threshold by this criterion on held-out normals and simulated anomalies instead of a rate",
+    )
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("synth", help="write a picture of generated anomalies (EA, HEA, HOA) for a category")
@@ -238,6 +241,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     keys = ("max_false_alarm_rate", "pixel_false_alarm_rate", "image_criterion")
     threshold = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    if args.image_criterion and args.max_false_alarm_rate is None:
+        threshold["max_false_alarm_rate"] = None  # a criterion asked for replaces the default's rate
     detector = api.calibrate(args.run, threshold, device=args.device)
     print(promise_line(detector.info["thresholds"]))
     print(f"thresholds written to {detector.run_dir / 'model.safetensors'}")
