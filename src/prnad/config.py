@@ -318,12 +318,12 @@ class ThresholdConfig:
 
     A share of the normal training images is kept apart (neither prototypes nor training see them); the
     thresholds are fitted on them and on simulated anomalies (EA, HEA, HOA at their training shares) made
-    from them. Image threshold: ``image_criterion`` on that set (``balanced``: the highest TPR - FPR, which
-    does not depend on how many anomalies per normal the set holds; ``f1``: the highest F1), or, with
-    ``max_false_alarm_rate``, the conformal threshold: a new normal image is flagged with probability at most
-    that rate, judged on the held-out normals scored out of sample (with score banks, each standardised on the
-    others). The run records what its image threshold promises (expected false-alarm rate and a 90 % bound). Pixel
-    threshold: the lowest that flags at most ``pixel_false_alarm_rate`` of the held-out normals' pixels, or,
+    from them. Image threshold: with ``max_false_alarm_rate`` (the default, 0.1) the conformal threshold: a
+    new normal image is flagged with probability at most that rate, judged on the held-out normals scored out
+    of sample (with score banks, each standardised on the others); with None, ``image_criterion`` on that set
+    (``balanced``: the highest TPR - FPR, which does not depend on how many anomalies per normal the set holds;
+    ``f1``: the highest F1). The run records what its image threshold promises (expected false-alarm rate and
+    a 90 % bound). Pixel threshold: the lowest that flags at most ``pixel_false_alarm_rate`` of the held-out normals' pixels, or,
     with None, the F1-optimal one over the pixels of the whole set. (F1 on the simulated anomalies sets it
     too high once score banks enter the map: the anomalies made from the seen defects, which the network
     trained on, score far above real unseen defects. See docs/DESIGN.md.)
