@@ -14,7 +14,7 @@ from typing import Any
 
 from prnad import api
 from prnad._version import __version__
-from prnad.config import BACKBONES
+from prnad.config import BACKBONES, LAYOUTS
 from prnad.errors import PrnadError
 
 
@@ -41,6 +41,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, help="seed of the split, prototypes, initialisation and synthesis (default 0)")
     p.add_argument("--seen-anomalies", type=int, help="defect images moved from test to train (default 10; 0 allowed)")
+    p.add_argument(
+        "--layout",
+        choices=list(LAYOUTS),
+        help="dataset layout (default auto: MVTec AD, MVTec 3D-AD, BTAD, DAGM 2007, KolektorSDD2 or VisA by its tree)",
+    )
+    p.add_argument("--normal-dir", help="folder layout: the good images, below --data")
+    p.add_argument("--abnormal-dir", help="folder layout: the defective images, below --data")
+    p.add_argument("--mask-dir", help="folder layout: the defect masks (by stem, with or without _mask), below --data")
+    p.add_argument("--normal-test-dir", help="folder layout: good test images (default: a fixed fifth of --normal-dir)")
     p.add_argument("--textures", help="folder of texture images for HEA (default: procedural textures)")
     p.add_argument("--iterations", type=int, help="training steps (fixed budget)")
     p.add_argument("--batch-size", type=int, help="images per step")
@@ -93,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train PRN on a category folder (MVTec AD layout)")
-    p.add_argument("--data", help="category folder: train/good, test/<type>, ground_truth/<type>")
+    p.add_argument("--data", help="dataset folder (MVTec AD category, or any --layout)")
     p.add_argument("--out", required=True, help="run folder for checkpoints and results")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run that the --out folder holds")
@@ -186,6 +195,11 @@ def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
 FLAG_KEYS = {
     "data": "data.root",
     "seen_anomalies": "data.seen_anomalies",
+    "layout": "data.layout",
+    "normal_dir": "data.normal_dir",
+    "abnormal_dir": "data.abnormal_dir",
+    "mask_dir": "data.mask_dir",
+    "normal_test_dir": "data.normal_test_dir",
     "textures": "data.textures",
     "image_size": "data.image_size",
     "backbone": "model.encoder.backbone",

@@ -36,6 +36,9 @@ def _check_unit_range(pair: tuple[float, float], key: str, low: float = 0.0, hig
     )
 
 
+LAYOUTS = ("auto", "mvtec", "mvtec3d", "btad", "dagm", "ksdd2", "visa", "folder")  # prnad.data.layouts
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the category lives and how it is split."""
@@ -45,6 +48,13 @@ class DataConfig:
     seen_anomalies: int = 10  # "general supervised setting": 10 defect images move from test to train
     category_type: Literal["auto", "object", "texture"] = "auto"  # where target areas may lie
     textures: str | None = None  # folder of texture images for HEA; None: procedural textures
+    # the dataset layout (prnad.data.layouts): auto (recognised by its tree), mvtec, mvtec3d, btad, dagm, ksdd2,
+    # visa or folder; the folder layout's sub-folders of root, and its masks and normal test images (optional)
+    layout: str = "auto"
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    normal_test_dir: str | None = None
 
     def __post_init__(self) -> None:
         _check(
@@ -53,6 +63,7 @@ class DataConfig:
             f"must be a positive multiple of 64, got {self.image_size}",
         )
         _check(self.seen_anomalies >= 0, "data.seen_anomalies", f"must be >= 0, got {self.seen_anomalies}")
+        _check(self.layout in LAYOUTS, "data.layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         _check(
             self.category_type in ("auto", "object", "texture"),
             "data.category_type",

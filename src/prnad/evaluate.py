@@ -31,8 +31,8 @@ from prnad.data import (
     load_samples,
     relative_paths,
     require_both_classes,
-    scan_category,
-    split_seen_anomalies,
+    scan_data,
+    seen_anomalies,
 )
 from prnad.errors import DataError, InferenceError
 from prnad.metrics import compute_metrics
@@ -120,9 +120,9 @@ def held_out_test_set(root: Path, config: RunConfig, info: dict[str, Any], *, ow
     recorded = info.get("seen_anomalies")
     if recorded is None:
         raise DataError("the run records no seen anomalies (a checkpoint of an older prnad?); cannot hold them out")
-    category: Category = scan_category(root)
+    category: Category = scan_data(config.data, root)
     if own_data:
-        seen, _ = split_seen_anomalies(category.test, config.data.seen_anomalies, config.train.seed)
+        seen, _ = seen_anomalies(category, config.data.seen_anomalies, config.train.seed)
         if sorted(relative_paths(seen, category.root)) != sorted(recorded):
             raise DataError(
                 f"{root}: the seen anomalies of seed {config.train.seed} differ from those the run trained on; "

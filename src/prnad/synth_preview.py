@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from prnad.config import SynthConfig
-from prnad.data import load_samples, scan_category, split_seen_anomalies
+from prnad.data import load_samples, scan_dataset
+from prnad.data import seen_anomalies as draw_seen
 from prnad.synthesis import (
     detect_category_type,
     extended_anomaly,
@@ -33,8 +34,8 @@ def write_preview(
 ) -> Path:
     """Generate one anomaly of each kind from the same normal image and write the grid picture to ``out``."""
     rng = np.random.default_rng(seed)
-    category = scan_category(data)
-    seen, _ = split_seen_anomalies(category.test, seen_anomalies, seed)
+    category = scan_dataset(data)
+    seen, _ = draw_seen(category, seen_anomalies, seed)
     normals, _ = load_samples(category.train, image_size)
     kind = detect_category_type(normals) if category_type == "auto" else category_type
     foreground = foreground_masks(normals, kind)

@@ -43,11 +43,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Category:
-    """A scanned category folder: its root and its train (all normal) and test samples."""
+    """A scanned dataset: its root, its train (all normal) and test samples, the defective images of its
+    training split where the layout has them (the seen anomalies are drawn from these, and the test split is
+    left whole) and the layout it was read as (:mod:`prnad.data.layouts`)."""
 
     root: Path
     train: tuple[Sample, ...]
     test: tuple[Sample, ...]
+    train_anomalies: tuple[Sample, ...] = ()
+    layout: str = "mvtec"
 
     @property
     def name(self) -> str:
@@ -158,7 +162,7 @@ def split_seen_anomalies(test: Sequence[Sample], n: int, seed: int) -> tuple[tup
         return (), tuple(test)
     defects = sorted((s for s in test if s.label == 1), key=lambda s: str(s.path))
     if n > len(defects):
-        raise DataError(f"asked for {n} seen anomalies but the test split has only {len(defects)} defect images")
+        raise DataError(f"asked for {n} seen anomalies but there are only {len(defects)} defect images to draw from")
     order = np.random.RandomState(seed).permutation(len(defects))
     seen = tuple(defects[i] for i in order[:n])
     seen_paths = {s.path for s in seen}
@@ -179,9 +183,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def seen_anomalies(category: Category, n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(seen, test): the seen anomalies drawn as :func:`split_seen_anomalies` draws them, from the training
+    split's defective images where the layout has them (the test split then stays whole), else from the test
+    split (the paper's protocol: they leave it)."""
+    if category.train_anomalies:
+        seen, _ = split_seen_anomalies(category.train_anomalies, n, seed)
+        return seen, category.test
+    return split_seen_anomalies(category.test, n, seed)
+
+
 def held_out_split(category: Category, n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
-    """:func:`split_seen_anomalies`, then check that the test split left keeps both classes for evaluation."""
-    seen, test = split_seen_anomalies(category.test, n, seed)
+    """:func:`seen_anomalies`, then check that the test split left keeps both classes for evaluation, and
+    that every seen anomaly has a mask to train on."""
+    seen, test = seen_anomalies(category, n, seed)
+    unmasked = [s.path for s in seen if s.mask_path is None]
+    if unmasked:
+        raise DataError(f"{unmasked[0]}: a seen anomaly needs its mask to train on; give the masks or 0 seen anomalies")
     total = sum(s.label for s in category.test)
     require_both_classes(
         test,

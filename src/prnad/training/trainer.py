@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from prnad.checkpoint import load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, build_config, to_dict
-from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_category
+from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_data
 from prnad.errors import ConfigError, DataError, TrainingError
 from prnad.fitting import compute_prototypes, compute_score_banks
 from prnad.model import PRN, build_encoder, build_prn, prn_loss
@@ -68,6 +69,7 @@ def build_pool(
     seen_rel = relative_paths(seen, category.root)
     info = {
         "category": category.name,
+        "layout": category.layout,
         "category_type": category_type,
         "n_normal": len(normals),
         "calibration_normals": relative_paths([category.train[i] for i in held], category.root),
@@ -183,7 +185,7 @@ def _prepare_run_folder(paths: RunPaths, *, resume: bool, overwrite: bool) -> No
 def _validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
     """Scan the data and check the protocol split and the batch mix, before any long work."""
     check_weights_source(config.model.encoder)
-    category = scan_category(config.data.root)
+    category = scan_data(config.data)
     seen, _ = held_out_split(category, config.data.seen_anomalies, config.train.seed)
     kind_fractions(config.synth, len(seen))
     try:
@@ -193,6 +195,16 @@ def _validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
             f"{category.root / 'train'}: {exc} (set threshold.holdout_fraction 0 to train without thresholds)"
         ) from exc
     return category, seen
+
+
+def describe(category: Category, seen: tuple[Sample, ...]) -> str:
+    """One line: which layout the data was read as, and what training and evaluation get of it."""
+    defects = sum(s.label for s in category.test)
+    where = "the training split's defect images" if category.train_anomalies else "the test split"
+    return (
+        f"data: {category.root} read as {category.layout}: {len(category.train)} normal training images, "
+        f"{len(seen)} seen anomalies from {where}, {len(category.test)} test images ({defects} defective)"
+    )
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -218,6 +230,8 @@ def train(
     device = resolve_device(config.train.device)
     category, seen = _validated_split(config)
     _prepare_run_folder(paths, resume=resume, overwrite=overwrite)
+    if progress:
+        print(describe(category, seen), file=sys.stderr, flush=True)
     seed_everything(config.train.seed)
     pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     started = time.perf_counter()
