@@ -38,7 +38,7 @@ from PIL import Image
 
 from prnad.config import LAYOUTS
 from prnad.data.images import IMAGE_SUFFIXES, list_images
-from prnad.data.mvtec import NORMAL, Category, Sample, scan_category
+from prnad.data.mvtec import NORMAL, Category, Sample, layout_hint, scan_category
 from prnad.errors import DataError
 
 if TYPE_CHECKING:
@@ -236,8 +236,8 @@ def detect_layout(root: Path) -> str:
         if matches(root):
             return name
     raise DataError(
-        f"{root}: no known dataset layout (MVTec AD, MVTec 3D-AD, BTAD, DAGM 2007, KolektorSDD2, VisA); "
-        "for your own folders give --layout folder with --normal-dir and --abnormal-dir"
+        f"{root}: no known dataset layout (MVTec AD, MVTec 3D-AD, BTAD, DAGM 2007, KolektorSDD2, VisA; for your own "
+        f"folders give --layout folder with --normal-dir and --abnormal-dir); {layout_hint(root)}"
     )
 
 

@@ -67,7 +67,8 @@ class Category:
 # ----------------------------------------------------------------------------------------------- scanning
 
 
-def _layout_hint(root: Path) -> str:
+def layout_hint(root: Path) -> str:
+    """The MVTec AD tree a category folder should have, for error messages."""
     return (
         f"expected the MVTec AD layout:\n"
         f"  {root}/train/good/*.png\n"
@@ -84,7 +85,7 @@ def _check_layout(root: Path) -> None:
         raise DataError(f"{root}: not a folder (expected a category folder)")
     missing = [name for name in ("train/good", "test") if not (root / name).is_dir()]
     if missing:
-        raise DataError(f"{root}: missing {' and '.join(missing)}; {_layout_hint(root)}")
+        raise DataError(f"{root}: missing {' and '.join(missing)}; {layout_hint(root)}")
 
 
 def _images_of(folder: Path) -> list[Path]:
