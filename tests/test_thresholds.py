@@ -263,24 +263,17 @@ def test_training_never_reads_the_held_out_test_split(tiny_category: Path, tmp_p
     assert outside_train and outside_train <= set(seen) | seen_masks
 
 
-def test_balanced_criterion_at_training(tiny_category: Path, tmp_path: Path):
-    values = _overrides(tiny_category, max_false_alarm_rate=None)  # image_criterion balanced
+@pytest.mark.parametrize(
+    ("criterion", "fit", "method"), [("balanced", balanced_threshold, "TPR - FPR"), ("f1", f1_optimal_threshold, "F1")]
+)
+def test_a_criterion_at_training_without_a_rate(tiny_category: Path, tmp_path: Path, criterion, fit, method):
+    values = _overrides(tiny_category, image_criterion=criterion, max_false_alarm_rate=None)
     run = prnad.train(tiny_category, tmp_path / "run", overrides=values)
     fitted = run.info["thresholds"]
     scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
     labels = np.array([0] * len(fitted["normal_scores"]) + [1] * len(fitted["anomaly_scores"]))
-    assert run.image_threshold == pytest.approx(balanced_threshold(scores, labels)[0])
-    assert "TPR - FPR" in fitted["image_method"]
-
-
-def test_f1_criterion_at_training(tiny_category: Path, tmp_path: Path):
-    values = _overrides(tiny_category, image_criterion="f1", max_false_alarm_rate=None)
-    run = prnad.train(tiny_category, tmp_path / "run", overrides=values)
-    fitted = run.info["thresholds"]
-    scores = np.array(fitted["normal_scores"] + fitted["anomaly_scores"])
-    labels = np.array([0] * len(fitted["normal_scores"]) + [1] * len(fitted["anomaly_scores"]))
-    assert run.image_threshold == pytest.approx(f1_optimal_threshold(scores, labels)[0])
-    assert "F1" in fitted["image_method"]
+    assert run.image_threshold == pytest.approx(fit(scores, labels)[0])
+    assert method in fitted["image_method"]
 
 
 def test_false_alarm_rate_at_training(tiny_category: Path, tmp_path: Path):
