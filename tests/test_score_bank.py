@@ -189,7 +189,7 @@ def test_training_standardises_the_score_on_the_held_out_normals(tiny_category: 
     # other two (leave one out), the numbers a new normal image's score is made of
     assert detector.info["thresholds"]["out_of_sample"]
     parts = normal_outputs(detector.model, load_samples_of(held), torch.device("cpu"))
-    pixels = parts.pixel_parts(detector.model)  # (3, S*S, 3)
+    pixels = parts.pixels  # (3, S*S, 3)
     for j, stored in enumerate(detector.info["thresholds"]["normal_scores"]):
         others = torch.arange(3) != j
         detector.model.score_stats.copy_(_stats(parts.parts[others]))

@@ -166,22 +166,24 @@ class Detector:
         """
         if not 0.0 < rate < 1.0:
             raise ConfigError(f"the false-alarm rate must be in (0, 1), got {rate}")
-        normal = (self.info.get("thresholds") or {}).get("normal_scores")
-        if not normal:
-            raise CheckpointError(
-                f"{self._name}: the run kept no held-out normal images; cannot set a false-alarm rate"
-            )
-        return conformal_threshold(np.array(normal), rate)
+        return conformal_threshold(self._normal_scores("cannot set a false-alarm rate"), rate)
 
     def false_alarm_promise(self, threshold: float | None = None) -> dict[str, float]:
         """What an image threshold (default: ``image_threshold``) promises on new normal images, from the run's
         held-out normals: ``expected_rate`` of false alarms, and the ``bound`` it stays under with probability
         ``confidence`` (:func:`prnad.thresholds.false_alarm_promise`)."""
-        normal = (self.info.get("thresholds") or {}).get("normal_scores")
         threshold = self.image_threshold if threshold is None else threshold
-        if not normal or threshold is None:
-            raise CheckpointError(f"{self._name}: the run kept no held-out normal images or threshold to judge")
-        return false_alarm_promise(np.array(normal), threshold)
+        normal = self._normal_scores("no threshold to judge")
+        if threshold is None:
+            raise CheckpointError(f"{self._name}: the run has no image threshold to judge; give one")
+        return false_alarm_promise(normal, threshold)
+
+    def _normal_scores(self, why: str) -> np.ndarray:
+        """The run's held-out normal scores, stored at calibration; a CheckpointError saying ``why`` without them."""
+        normal = (self.info.get("thresholds") or {}).get("normal_scores")
+        if not normal:
+            raise CheckpointError(f"{self._name}: the run kept no held-out normal images; {why}")
+        return np.array(normal)
 
     @classmethod
     def from_run(

@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 
 from prnad.config import LAYOUTS
-from prnad.data.images import IMAGE_SUFFIXES, list_images
-from prnad.data.mvtec import NORMAL, Category, Sample, layout_hint, scan_category
+from prnad.data.images import list_images
+from prnad.data.mvtec import NORMAL, Category, Sample, images_of, layout_hint, scan_category, sorted_samples
 from prnad.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,17 +46,6 @@ if TYPE_CHECKING:
 
 NORMAL_TEST_SHARE = 0.2  # of the normal images, kept for testing by the folder layout without normal_test_dir
 DEFECT = "defect"  # the defect type of layouts that do not name types
-
-
-def _images(folder: Path) -> list[Path]:
-    images = list_images(folder)
-    if not images:
-        raise DataError(f"{folder}: no images (expected {'/'.join(IMAGE_SUFFIXES)} files)")
-    return images
-
-
-def _sorted(samples: list[Sample]) -> tuple[Sample, ...]:
-    return tuple(sorted(samples, key=lambda s: str(s.path)))
 
 
 def _by_stem(folder: Path | None, suffixes: tuple[str, ...] = ("", "_mask")) -> Callable[[Path], Path | None]:
@@ -89,23 +78,23 @@ def _normals(paths: list[Path]) -> list[Sample]:
 
 def read_mvtec3d(root: Path) -> Category:
     """MVTec 3D-AD, RGB images only (the depth maps are not read)."""
-    train = _normals(_images(root / "train" / NORMAL / "rgb"))
+    train = _normals(images_of(root / "train" / NORMAL / "rgb"))
     test: list[Sample] = []
     for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = _images(folder / "rgb")
+        images = images_of(folder / "rgb")
         if folder.name == NORMAL:
             test += _normals(images)
         else:
             test += _defects(images, folder.name, _by_stem(folder / "gt"))
-    return Category(root, _sorted(train), _sorted(test))
+    return Category(root, sorted_samples(train), sorted_samples(test))
 
 
 def read_btad(root: Path) -> Category:
     """One BTAD product (``01``, ``02`` or ``03``)."""
-    train = _normals(_images(root / "train" / "ok"))
-    test = _normals(_images(root / "test" / "ok"))
-    test += _defects(_images(root / "test" / "ko"), "ko", _by_stem(root / "ground_truth" / "ko"))
-    return Category(root, _sorted(train), _sorted(test))
+    train = _normals(images_of(root / "train" / "ok"))
+    test = _normals(images_of(root / "test" / "ok"))
+    test += _defects(images_of(root / "test" / "ko"), "ko", _by_stem(root / "ground_truth" / "ko"))
+    return Category(root, sorted_samples(train), sorted_samples(test))
 
 
 def _dagm_split(folder: Path) -> tuple[list[Sample], list[Sample]]:
@@ -134,12 +123,14 @@ def read_dagm(root: Path) -> Category:
     """One DAGM 2007 class: the training split's defective images are the pool of seen anomalies."""
     train_normals, train_defects = _dagm_split(root / "Train")
     test_normals, test_defects = _dagm_split(root / "Test")
-    return Category(root, _sorted(train_normals), _sorted(test_normals + test_defects), _sorted(train_defects))
+    return Category(
+        root, sorted_samples(train_normals), sorted_samples(test_normals + test_defects), sorted_samples(train_defects)
+    )
 
 
 def _ksdd2_split(folder: Path) -> tuple[list[Sample], list[Sample]]:
     """(normals, defects) of a KolektorSDD2 split: a defect image's ``_GT`` mask has a non-zero pixel."""
-    images = [p for p in _images(folder) if not p.stem.endswith("_GT")]
+    images = [p for p in images_of(folder) if not p.stem.endswith("_GT")]
     mask_of = _by_stem(folder, ("_GT",))
     normals, defects = [], []
     for image in images:
@@ -159,7 +150,9 @@ def read_ksdd2(root: Path) -> Category:
     """KolektorSDD2: the training split's defective images are the pool of seen anomalies."""
     train_normals, train_defects = _ksdd2_split(root / "train")
     test_normals, test_defects = _ksdd2_split(root / "test")
-    return Category(root, _sorted(train_normals), _sorted(test_normals + test_defects), _sorted(train_defects))
+    return Category(
+        root, sorted_samples(train_normals), sorted_samples(test_normals + test_defects), sorted_samples(train_defects)
+    )
 
 
 def _visa_rows(root: Path) -> list[dict[str, str]]:
@@ -185,7 +178,7 @@ def read_visa(root: Path) -> Category:
         (train if row["split"] == "train" else test).append(sample)
     if any(s.label for s in train):
         raise DataError(f"{root.parent / 'split_csv' / '1cls.csv'}: anomalies in the train split of {root.name}")
-    return Category(root, _sorted(train), _sorted(test))
+    return Category(root, sorted_samples(train), sorted_samples(test))
 
 
 def read_folder(
@@ -196,9 +189,9 @@ def read_folder(
     normal_test_dir: str | None = None,
 ) -> Category:
     """Your own folders below ``root`` (see the module)."""
-    normals = _images(root / normal_dir)
+    normals = images_of(root / normal_dir)
     if normal_test_dir is not None:
-        train, test_normals = normals, _images(root / normal_test_dir)
+        train, test_normals = normals, images_of(root / normal_test_dir)
     else:
         k = max(1, round(NORMAL_TEST_SHARE * len(normals)))
         if k >= len(normals):
@@ -208,12 +201,12 @@ def read_folder(
         test_normals = [p for i, p in enumerate(normals) if i in held]
     test = _normals(test_normals)
     if abnormal_dir is not None:
-        defects = _images(root / abnormal_dir)
+        defects = images_of(root / abnormal_dir)
         if mask_dir is None:  # image labels only: no pixel metrics, and no seen anomalies to train on
             test += [Sample(p, 1, DEFECT, None) for p in defects]
         else:
             test += _defects(defects, DEFECT, _by_stem(root / mask_dir))
-    return Category(root, _sorted(_normals(train)), _sorted(test))
+    return Category(root, sorted_samples(_normals(train)), sorted_samples(test))
 
 
 # --------------------------------------------------------------------------------------------- detection

@@ -88,7 +88,8 @@ def _check_layout(root: Path) -> None:
         raise DataError(f"{root}: missing {' and '.join(missing)}; {layout_hint(root)}")
 
 
-def _images_of(folder: Path) -> list[Path]:
+def images_of(folder: Path) -> list[Path]:
+    """The image files of ``folder``; a DataError naming it when it holds none."""
     images = list_images(folder)
     if not images:
         raise DataError(f"{folder}: no images (expected {'/'.join(IMAGE_SUFFIXES)} files)")
@@ -114,7 +115,7 @@ def _defect_samples(root: Path, defect_type: str, require_masks: bool) -> list[S
     mask_dir = root / "ground_truth" / defect_type
     index = _mask_index(mask_dir)
     samples = []
-    for path in _images_of(root / "test" / defect_type):
+    for path in images_of(root / "test" / defect_type):
         mask = _find_mask(index, path.stem)
         if mask is None and require_masks:
             raise DataError(f"{path}: no mask; expected {mask_dir / (path.stem + '_mask.png')}")
@@ -133,17 +134,18 @@ def scan_category(root: str | Path, *, require_masks: bool = True) -> Category:
     """Scan an MVTec AD category folder; a defect image without a mask is an error when `require_masks`."""
     root = Path(root)
     _check_layout(root)
-    train = tuple(Sample(p, 0, NORMAL, None) for p in _images_of(root / "train" / NORMAL))
+    train = tuple(Sample(p, 0, NORMAL, None) for p in images_of(root / "train" / NORMAL))
     test: list[Sample] = []
     for defect_type in _test_types(root / "test"):
         if defect_type == NORMAL:
-            test.extend(Sample(p, 0, NORMAL, None) for p in _images_of(root / "test" / NORMAL))
+            test.extend(Sample(p, 0, NORMAL, None) for p in images_of(root / "test" / NORMAL))
         else:
             test.extend(_defect_samples(root, defect_type, require_masks))
-    return Category(root, _sorted(train), _sorted(test))
+    return Category(root, sorted_samples(train), sorted_samples(test))
 
 
-def _sorted(samples: Sequence[Sample]) -> tuple[Sample, ...]:
+def sorted_samples(samples: Sequence[Sample]) -> tuple[Sample, ...]:
+    """Samples in the order every reader gives them: by path as a string."""
     return tuple(sorted(samples, key=lambda s: str(s.path)))
 
 

@@ -97,17 +97,14 @@ def _mean_std(values: torch.Tensor) -> torch.Tensor:
 class NormalOutputs:
     """What the score and the fused map are made of on the held-out normals, before standardisation, on the
     CPU: ``parts`` (N, 1 + n_banks) float64 per image (the top-K score, each bank's largest distance),
-    ``logits`` (N, 1, S, S) the decoder's and ``maps`` the banks' distance maps, n_banks x (N, 1, h_i, w_i)."""
+    ``logits`` (N, 1, S, S) the decoder's, ``maps`` the banks' distance maps, n_banks x (N, 1, h_i, w_i), and
+    ``pixels`` (N, S*S, 1 + n_banks) float64, each pixel's decoder logit and bank distances upsampled to S, as
+    the fused map takes them."""
 
     parts: torch.Tensor
     logits: torch.Tensor
     maps: list[torch.Tensor]
-
-    def pixel_parts(self, infer: PRN) -> torch.Tensor:
-        """(N, S*S, 1 + n_banks) float64: each pixel's decoder logit and bank distances upsampled to S, as the
-        fused map takes them."""
-        ups = infer.upsampled(self.maps, self.logits)  # n_banks x (N, 1, S, S)
-        return torch.cat([self.logits, *ups], dim=1).flatten(2).transpose(1, 2).double()
+    pixels: torch.Tensor
 
 
 @torch.no_grad()
@@ -122,9 +119,10 @@ def normal_outputs(infer: PRN, normals: np.ndarray, device: torch.device) -> Nor
         parts.append(torch.cat([topk[:, None], infer.largest_distances(out_maps).double()], dim=1).cpu())
         logits.append(out_logits.cpu())
         maps.append([m.cpu() for m in out_maps])
-    return NormalOutputs(
-        torch.cat(parts), torch.cat(logits), [torch.cat(per_bank) for per_bank in zip(*maps, strict=True)]
-    )
+    all_logits, all_maps = torch.cat(logits), [torch.cat(per_bank) for per_bank in zip(*maps, strict=True)]
+    ups = PRN.upsampled(all_maps, all_logits)  # n_banks x (N, 1, S, S)
+    pixels = torch.cat([all_logits, *ups], dim=1).flatten(2).transpose(1, 2).double()  # (N, S*S, 1 + n_banks)
+    return NormalOutputs(torch.cat(parts), all_logits, all_maps, pixels)
 
 
 @torch.no_grad()
@@ -140,7 +138,7 @@ def standardise_score(model: PRN, normals: np.ndarray, device: torch.device) -> 
     infer = fused_for_inference(model).to(device)
     outputs = normal_outputs(infer, normals, device)
     image_stats = _mean_std(outputs.parts)  # (2, 1 + n_banks) over N images
-    map_stats = _mean_std(outputs.pixel_parts(infer).flatten(0, 1))  # (2, 1 + n_banks) over N*S*S pixels
+    map_stats = _mean_std(outputs.pixels.flatten(0, 1))  # (2, 1 + n_banks) over N*S*S pixels
     model.score_stats.copy_(image_stats.to(model.score_stats))
     model.map_stats.copy_(map_stats.to(model.map_stats))
     stats = {
@@ -164,7 +162,7 @@ def out_of_sample_normals(model: PRN, outputs: NormalOutputs) -> tuple[np.ndarra
     if n < 3:
         raise ValueError(f"leaving one out needs at least 3 held-out normals, got {n}")
     loo = fused_for_inference(model).cpu()
-    pixels = outputs.pixel_parts(loo)  # (N, S*S, P)
+    pixels = outputs.pixels  # (N, S*S, P)
     scores, logits = [], []
     for j in range(n):
         others = torch.arange(n) != j
