@@ -119,13 +119,19 @@ def _dagm_split(folder: Path) -> tuple[list[Sample], list[Sample]]:
     return normals, defects
 
 
-def read_dagm(root: Path) -> Category:
-    """One DAGM 2007 class: the training split's defective images are the pool of seen anomalies."""
-    train_normals, train_defects = _dagm_split(root / "Train")
-    test_normals, test_defects = _dagm_split(root / "Test")
+def _with_train_anomalies(root: Path, train: Path, test: Path, split: Callable[[Path], tuple[list, list]]) -> Category:
+    """A Category of a layout whose training split holds defective images: ``split`` gives (normals, defects) of
+    a split folder; the training defects become the pool of seen anomalies, the test split stays whole."""
+    train_normals, train_defects = split(train)
+    test_normals, test_defects = split(test)
     return Category(
         root, sorted_samples(train_normals), sorted_samples(test_normals + test_defects), sorted_samples(train_defects)
     )
+
+
+def read_dagm(root: Path) -> Category:
+    """One DAGM 2007 class: the training split's defective images are the pool of seen anomalies."""
+    return _with_train_anomalies(root, root / "Train", root / "Test", _dagm_split)
 
 
 def _ksdd2_split(folder: Path) -> tuple[list[Sample], list[Sample]]:
@@ -148,11 +154,7 @@ def _ksdd2_split(folder: Path) -> tuple[list[Sample], list[Sample]]:
 
 def read_ksdd2(root: Path) -> Category:
     """KolektorSDD2: the training split's defective images are the pool of seen anomalies."""
-    train_normals, train_defects = _ksdd2_split(root / "train")
-    test_normals, test_defects = _ksdd2_split(root / "test")
-    return Category(
-        root, sorted_samples(train_normals), sorted_samples(test_normals + test_defects), sorted_samples(train_defects)
-    )
+    return _with_train_anomalies(root, root / "train", root / "test", _ksdd2_split)
 
 
 def _visa_rows(root: Path) -> list[dict[str, str]]:
