@@ -2,7 +2,7 @@
 
 >>> import prnad
 >>> sorted(name for name in prnad.__all__ if name[0].islower())
-['calibrate', 'demo', 'export', 'layout_set', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
+['benchmark', 'calibrate', 'demo', 'export', 'layout_set', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
 """
 
 from prnad._version import __version__
@@ -10,6 +10,7 @@ from prnad.api import (
     PRESETS,
     Detector,
     Prediction,
+    benchmark,
     calibrate,
     demo,
     export,
@@ -42,6 +43,7 @@ __all__ = [
     "PrnadError",
     "TrainingError",
     "__version__",
+    "benchmark",
     "calibrate",
     "demo",
     "export",

@@ -25,6 +25,7 @@ __all__ = [
     "SPIN_MODES",
     "Detector",
     "Prediction",
+    "benchmark",
     "calibrate",
     "demo",
     "export",
@@ -208,6 +209,34 @@ def synth_preview(
         seen_anomalies=seen_anomalies,
         image_size=image_size,
         category_type=category_type,
+    )
+
+
+def benchmark(
+    experiment: str | Path,
+    out: str | Path | None = None,
+    *,
+    report: str | Path | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    cpus_per_cell: float = 1,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run an experiment file (model variants x datasets and categories x seeds; :mod:`prnad.experiments`): every
+    cell without a record in ``out`` (default ``runs/<experiment name>``) is trained and evaluated, and the
+    report (``report.md``, ``report.json``) is written into ``report`` (default ``out``); returns its content.
+    ``executor="ray"`` runs the cells as Ray tasks on the cluster at ``address`` (None: a local Ray), each
+    asking for ``cpus_per_cell`` CPUs. ``command`` is recorded in the report as the call that made it."""
+    from prnad.experiments import run_experiment
+
+    return run_experiment(
+        experiment,
+        out,
+        report=report,
+        executor=executor,
+        address=address,
+        cpus_per_cell=cpus_per_cell,
+        command=command,
     )
 
 

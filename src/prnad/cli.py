@@ -1,4 +1,4 @@
-"""The ``prnad`` command line: train, evaluate, calibrate, predict, export, synth, layout-set, demo.
+"""The ``prnad`` command line: train, evaluate, calibrate, predict, export, synth, layout-set, benchmark, demo.
 
 Thin: it turns flags into the arguments of :mod:`prnad.api` and prints what comes back. Exit status: 0 done;
 1 ``predict`` scored some inputs but not all (each failure is reported); 2 a user error, with its message.
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from prnad import api
 from prnad._version import __version__
+from prnad.experiments import markdown
 from prnad.config import BACKBONES, LAYOUTS
 from prnad.errors import PrnadError
 
@@ -168,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by prnad train")
     p.add_argument("--format", choices=["onnx", "openvino"], default="onnx", help="graph format (default onnx)")
 
+    p = sub.add_parser("benchmark", help="run an experiment file: variants x datasets x seeds, one report")
+    p.add_argument("experiment", help="experiment YAML file (see docs/benchmarks.md)")
+    p.add_argument("--out", help="folder for the runs, cell records and report (default runs/<experiment name>)")
+    p.add_argument("--report", help="folder for report.md and report.json (default --out)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local (default): one cell at a time")
+    p.add_argument("--address", help="ray: the cluster's address (default: start a local Ray)")
+    p.add_argument("--cpus-per-cell", type=float, default=1, help="ray: CPUs each cell's task asks for (default 1)")
+
     p = sub.add_parser("demo", help="make a small synthetic category, train on it, evaluate (offline, CPU)")
     p.add_argument("--out", default="prnad_demo", help="folder for the demo data and run (default prnad_demo)")
     p.add_argument("--seed", type=int, default=0)
@@ -299,6 +309,26 @@ def _cmd_layout_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    argv = ["prnad", "benchmark", args.experiment]
+    for flag in ("out", "report", "executor", "address"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    data = api.benchmark(
+        args.experiment,
+        args.out,
+        report=args.report,
+        executor=args.executor,
+        address=args.address,
+        cpus_per_cell=args.cpus_per_cell,
+        command=shlex.join(argv),
+    )
+    where = args.report or args.out or f"runs/{data['experiment']}"
+    print(markdown(data))
+    print(f"report written to {where}/report.md and report.json")
+    return 0
+
+
 def _decision(anomalous: bool | None) -> str:
     return {True: "ANOMALOUS", False: "ok", None: "-"}[anomalous]
 
@@ -357,6 +387,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "synth": _cmd_synth,
     "layout-set": _cmd_layout_set,
+    "benchmark": _cmd_benchmark,
     "export": _cmd_export,
     "demo": _cmd_demo,
 }

@@ -1,0 +1,150 @@
+"""`prnad benchmark`: an experiment file's cells run once each, gathered into one report, here or on Ray."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import prnad
+from prnad import experiments as bench
+from prnad.cli import main
+from prnad.data import write_tiny_category
+
+CELL_KEYS = {"cell", "variant", "dataset", "category", "seed", "config_hash"}
+FAST = {
+    "data": {"image_size": 64, "seen_anomalies": 2},
+    "model": {"encoder": {"weights": "random"}, "kmeans_restarts": 1, "decoder_channels": [16, 16, 8]},
+    "train": {"iterations": 2, "batch_size": 4, "num_workers": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def two_categories(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench_data")
+    for i, name in enumerate(("alpha", "beta")):
+        write_tiny_category(root / name, rng=np.random.default_rng(10 + i), size=64, n_train=8, n_good_test=3)
+    return root
+
+
+def _experiment_file(folder: Path, data: Path, **changes) -> Path:
+    values = {
+        "name": "fixture",
+        "variants": [{"name": "small", "overrides": FAST}],
+        "datasets": [{"name": "tiny", "root": str(data), "categories": ["alpha", "beta"]}],
+        "seeds": [0, 1],
+        "reference": {"tiny": {"alpha": {"image_auroc": 99.0, "pixel_auroc": 98.0}}},
+        "reference_name": "paper",
+    } | changes
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _without_times(report: str) -> list[str]:
+    """The report's table rows without the last two columns (training minutes, ms per image) and the date."""
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    return ["|".join(row.split("|")[:-3]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def local_run(two_categories: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    folder = tmp_path_factory.mktemp("bench_local")
+    experiment = _experiment_file(folder, two_categories)
+    assert main(["benchmark", str(experiment), "--out", str(folder / "out")]) == 0
+    return experiment, folder / "out", json.loads((folder / "out" / "report.json").read_text())
+
+
+def test_every_cell_runs_once_and_the_table_holds_each_category(local_run):
+    _, out, data = local_run
+    assert sorted(p.name for p in (out / "cells").iterdir()) == [
+        f"small__tiny__{c}__seed{s}.json" for c in ("alpha", "beta") for s in (0, 1)
+    ]
+    for category in ("alpha", "beta"):
+        summary = data["tables"]["tiny"][category]["small"]
+        assert summary["seeds"] == [0, 1]
+        cells = [r for r in data["cells"] if r["category"] == category]
+        values = [r["metrics"]["image_auroc"] for r in cells]
+        assert summary["image_auroc"]["mean"] == pytest.approx(np.mean(values), abs=1e-4)
+        assert summary["image_auroc"]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+        assert (out / "runs" / "small" / "tiny" / category / "seed1" / "model.safetensors").is_file()
+    report = (out / "report.md").read_text()
+    assert re.search(r"^\| alpha \| paper \| 99 \| 98 \| - \| - \|", report, re.M)
+    assert "prnad benchmark" in data["command"]
+
+
+def test_a_second_call_redoes_nothing(local_run, monkeypatch):
+    experiment, out, data = local_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(bench, "run_cell", must_not_run)
+    again = prnad.benchmark(experiment, out)
+    assert again["tables"] == data["tables"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == before
+
+
+def test_a_killed_cell_and_a_changed_config_are_run_again(local_run, tmp_path: Path, monkeypatch):
+    experiment, out, data = local_run
+    ran = []
+    kept = {k: v for k, v in data["cells"][0].items() if k not in CELL_KEYS}
+    monkeypatch.setattr(bench, "run_cell", lambda config, run_dir: ran.append(run_dir) or kept)
+    (out / "cells" / "small__tiny__beta__seed1.json").unlink()  # as if killed before its record was written
+    prnad.benchmark(experiment, out)
+    assert ran == [str(out / "runs" / "small" / "tiny" / "beta" / "seed1")]
+    changed = bench.load_experiment(experiment)
+    variant = bench.Variant("small", overrides=bench.merge(FAST, {"train": {"iterations": 3}}))
+    changed = bench.Experiment(changed.name, (variant,), changed.datasets, changed.seeds)
+    ran.clear()
+    bench.run_experiment(changed, out, log=lambda line: None)
+    assert len(ran) == 4  # every cell's config changed
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": [0]}, "unknown key 'seed'"),
+        ({"variants": [{"name": "a", "preset": "fastest"}]}, "unknown preset 'fastest'"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, "the name 'a' is used twice"),
+        ({"seeds": [0, "one"]}, "expected a list of integers"),
+        ({"variants": [{"name": "a", "overrides": {"train": {"iterationz": 3}}}]}, "train.iterationz"),
+    ],
+)
+def test_a_wrong_experiment_file_is_one_line_naming_the_key(two_categories, tmp_path, capsys, change, message):
+    experiment = _experiment_file(tmp_path, two_categories, **change)
+    assert main(["benchmark", str(experiment), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # every cell's config is checked before anything runs
+
+
+def test_experiment_files_read_back_equal(tmp_path: Path):
+    experiment = bench.Experiment(
+        "e",
+        (bench.Variant("v", preset="line", overrides={"train": {"iterations": 5}}),),
+        (bench.DatasetSpec("d", "data", ("a", "b"), layout="btad"),),
+        (0, 2),
+    )
+    assert bench.load_experiment(bench.write_experiment(tmp_path / "e.yaml", experiment)) == experiment
+
+
+def test_ray_on_two_local_workers_gives_the_same_table(two_categories, local_run, tmp_path: Path):
+    ray = pytest.importorskip("ray")
+    _, _, data = local_run
+    experiment = _experiment_file(tmp_path, two_categories)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        assert ray.cluster_resources()["CPU"] == 2
+        on_ray = prnad.benchmark(experiment, tmp_path / "out", executor="ray")
+    finally:
+        ray.shutdown()
+    report = (tmp_path / "out" / "report.md").read_text()
+    local = bench.markdown(data)
+    assert _without_times(report) == _without_times(local)
+    assert [r["cell"] for r in on_ray["cells"]] == [r["cell"] for r in data["cells"]]
