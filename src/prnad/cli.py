@@ -15,9 +15,9 @@ from typing import Any
 
 from prnad import api
 from prnad._version import __version__
-from prnad.experiments import markdown
 from prnad.config import BACKBONES, LAYOUTS
 from prnad.errors import PrnadError
+from prnad.experiments import markdown
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
