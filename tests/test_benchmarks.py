@@ -170,10 +170,10 @@ def _speeds(model: str) -> str:
     ],
 )
 def test_readme_presets_table_quotes_the_results(row: str, banks: str, part: str, run: str):
-    """The README's presets table: screw and bottle means over seeds and the speeds of one sitting, as the
+    """The presets table of docs/deploying.md: screw and bottle means over seeds and the speeds of one sitting, as the
     committed results hold them."""
     expected = f"| {row} | {_bank_means(banks, part)} | {_bank_means(banks + '_bottle', part)} | {_speeds(run)} |"
-    assert expected in (REPO / "README.md").read_text()
+    assert expected in (REPO / "docs" / "deploying.md").read_text()
 
 
 def test_speed_profiles_a_light_head_with_score_banks(tmp_path: Path, monkeypatch):

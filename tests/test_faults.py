@@ -1,7 +1,7 @@
 """The fault suite: every bad input ends in one clear line naming the file at fault, exit status 2 from the CLI
 (1 from predict when only some inputs failed), and nothing already there is lost.
 
-Each test is one case; the README says how many there are (tests/test_readme.py checks the number).
+Each test is one case; docs/cli.md says how many there are (tests/test_readme.py checks the number).
 """
 
 from __future__ import annotations

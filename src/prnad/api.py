@@ -11,13 +11,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from prnad.config import PRESETS, RunConfig, build_config, load_yaml, merge, preset_layer, to_dict
+from prnad.config import PRESETS, ConfigSource, make_config
 from prnad.evaluate import format_table
+from prnad.experiments import markdown as format_report  # the text of a benchmark report
+from prnad.experiments import run_experiment
 from prnad.export import ENGINES, SPIN_MODES  # what load() takes as engine and spin
 from prnad.inference import Detector, Prediction
 from prnad.predict import predict_to_folder
-
-ConfigSource = str | Path | dict | RunConfig | None
 
 __all__ = [
     "ENGINES",
@@ -29,6 +29,7 @@ __all__ = [
     "calibrate",
     "demo",
     "export",
+    "format_report",
     "format_table",
     "layout_set",
     "load",
@@ -37,36 +38,6 @@ __all__ = [
     "synth_preview",
     "train",
 ]
-
-
-def _layer(source: ConfigSource) -> dict[str, Any]:
-    """A config source as a nested dict: a YAML path, a dict, a RunConfig, or nothing."""
-    if source is None:
-        return {}
-    if isinstance(source, RunConfig):
-        return to_dict(source)
-    if isinstance(source, dict):
-        return source
-    return load_yaml(source)
-
-
-def make_config(
-    config: ConfigSource = None,
-    *,
-    preset: str | None = None,
-    data: str | Path | None = None,
-    seed: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Defaults, then ``preset`` (a name of :data:`PRESETS`: ``default``, ``line`` the fastest, ``balanced``),
-    then ``config`` (a YAML file, a nested dict or a RunConfig), then ``overrides`` (a nested dict such as
-    ``{"train": {"iterations": 300}}``), then ``data`` and ``seed``. Unknown keys or presets raise ConfigError."""
-    top: dict[str, Any] = {}
-    if data is not None:
-        top = merge(top, {"data": {"root": str(data)}})
-    if seed is not None:
-        top = merge(top, {"train": {"seed": seed}})
-    return build_config(preset_layer(preset), _layer(config), overrides or {}, top)
 
 
 def train(
@@ -85,7 +56,7 @@ def train(
 
     ``config``/``preset``/``overrides``/``seed`` as in :func:`make_config` (``data`` None: the config's
     ``data.root``). Presets trade accuracy for speed: ``line`` the fastest, ``balanced`` between it and the
-    default (measured with MobileNetV2 in the README's "Deploying").
+    default (measured with MobileNetV2 in docs/deploying.md).
     A folder that already holds a run is refused unless ``resume`` or ``overwrite``.
 
     >>> import tempfile, numpy as np, prnad
@@ -227,8 +198,6 @@ def benchmark(
     report (``report.md``, ``report.json``) is written into ``report`` (default ``out``); returns its content.
     ``executor="ray"`` runs the cells as Ray tasks on the cluster at ``address`` (None: a local Ray), each
     asking for ``cpus_per_cell`` CPUs. ``command`` is recorded in the report as the call that made it."""
-    from prnad.experiments import run_experiment
-
     return run_experiment(
         experiment,
         out,

@@ -17,11 +17,10 @@ from prnad import api
 from prnad._version import __version__
 from prnad.config import BACKBONES, LAYOUTS
 from prnad.errors import PrnadError
-from prnad.experiments import markdown
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", choices=BACKBONES, help="encoder (default resnet18); see README, Encoder weights")
+    p.add_argument("--backbone", choices=BACKBONES, help="encoder (default resnet18); see docs/cli.md, Encoder weights")
     p.add_argument("--backbone-weights", help="imagenet (download when online), random, or a local state-dict file")
     p.add_argument(
         "--input-norm", choices=["auto", "imagenet", "tf"], help="input normalisation (default auto: the encoder's own)"
@@ -324,7 +323,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         command=shlex.join(argv),
     )
     where = args.report or args.out or f"runs/{data['experiment']}"
-    print(markdown(data))
+    print(api.format_report(data))
     print(f"report written to {where}/report.md and report.json")
     return 0
 

@@ -514,3 +514,36 @@ def build_config(*layers: dict[str, Any]) -> RunConfig:
     for layer in layers:
         values = merge(values, layer)
     return from_dict(RunConfig, values)
+
+
+ConfigSource = str | Path | dict | RunConfig | None
+
+
+def _layer(source: ConfigSource) -> dict[str, Any]:
+    """A config source as a nested dict: a YAML path, a dict, a RunConfig, or nothing."""
+    if source is None:
+        return {}
+    if isinstance(source, RunConfig):
+        return to_dict(source)
+    if isinstance(source, dict):
+        return source
+    return load_yaml(source)
+
+
+def make_config(
+    config: ConfigSource = None,
+    *,
+    preset: str | None = None,
+    data: str | Path | None = None,
+    seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults, then ``preset`` (a name of :data:`PRESETS`: ``default``, ``line`` the fastest, ``balanced``),
+    then ``config`` (a YAML file, a nested dict or a RunConfig), then ``overrides`` (a nested dict such as
+    ``{"train": {"iterations": 300}}``), then ``data`` and ``seed``. Unknown keys or presets raise ConfigError."""
+    top: dict[str, Any] = {}
+    if data is not None:
+        top = merge(top, {"data": {"root": str(data)}})
+    if seed is not None:
+        top = merge(top, {"train": {"seed": seed}})
+    return build_config(preset_layer(preset), _layer(config), overrides or {}, top)

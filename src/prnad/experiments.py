@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from prnad.config import LAYOUTS, PRESETS, load_yaml, merge, to_dict
+from prnad.config import LAYOUTS, PRESETS, load_yaml, make_config, merge, to_dict
 from prnad.errors import ConfigError
 
 METRICS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
@@ -176,8 +176,6 @@ def cells(experiment: Experiment) -> list[Cell]:
 
 def cell_config(experiment: Experiment, cell: Cell) -> dict[str, Any]:
     """The cell's full run config as a nested dict (checked: unknown keys raise ConfigError)."""
-    from prnad.api import make_config
-
     overrides = merge(experiment.overrides, cell.variant.overrides)
     if cell.dataset.layout is not None:
         overrides = merge(overrides, {"data": {"layout": cell.dataset.layout}})
@@ -195,10 +193,12 @@ def run_cell(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (from the start: a folder left by a killed run is replaced), evaluate
     it on its held-out test split, and return what the report needs of it. A plain function of plain values,
     so that a Ray worker can run it."""
-    from prnad.api import train
+    from prnad.inference import Detector
+    from prnad.training import train  # training is imported only by who trains
 
     started = time.perf_counter()
-    detector = train(None, run_dir, config=config, overwrite=True)
+    train(make_config(config), run_dir, overwrite=True, progress=False)
+    detector = Detector.from_run(run_dir, device=config["train"]["device"])
     wall = time.perf_counter() - started
     result = detector.evaluate()
     image = (result.get("at_threshold") or {}).get("image") or {}
