@@ -3,7 +3,7 @@
     python benchmarks/ablation.py --categories screw --seeds 0 --iterations 300 --candidates baseline location
     python benchmarks/ablation.py --report-only
 
-Every candidate is a set of config overrides (CANDIDATES below). Each (candidate, category, seed) run is a
+Every candidate is a set of config overrides: a variant of benchmarks/experiments/ablation.yaml. Each (candidate, category, seed) run is a
 record in ``benchmarks/results/ablation.json`` (merged under a lock, with its command, machine, date and
 schedule), and ``ablation.md`` tables the mean over the seeds measured, per schedule, beside the paper.
 Screening runs on a short schedule are marked by their iteration count: compare candidates only within one
@@ -19,101 +19,15 @@ import sys
 from pathlib import Path
 
 import bottle  # the per-seed runner, alongside this file
+from prnad.experiments import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mvtec_ad"
-# Every candidate starts from the spec's model, whatever the package defaults are now (they moved as candidates
-# won): whole-map prototypes, no score banks, the head on all three scales. CHANGES lists what each one changes.
-SPEC: dict[str, object] = {
-    "model.prototype_match": "map",
-    "model.score_bank_size": 0,
-    "model.head_scales": [0, 1, 2],
-    "model.msa_scales": [0, 1, 2],
-    "model.decoder_bottom": True,
+CANDIDATES: dict[str, dict[str, object]] = {  # benchmarks/experiments/ablation.yaml's variants
+    v.name: bottle.flattened(v.overrides) for v in load_experiment(bottle.ABLATION).variants
 }
-FAST: dict[str, object] = {
-    "model.prototype_match": "patch",
-    "model.score_bank_size": 4096,
-    "model.head_scales": [1, 2],
-    "model.msa_scales": [2],
-    "model.decoder_bottom": False,
-    "model.decoder_channels": [64, 32, 16],
-    "model.msa_blocks": 1,
-}
-CHANGES: dict[str, dict[str, object]] = {
-    "baseline": {},
-    "location": {"model.prototype_match": "location"},  # nearest prototype per location, not per map
-    "smooth4": {"model.score_smoothing": 4.0},  # top-K of the map blurred by a Gaussian, sigma 4 px
-    "min_anomaly": {"synth.min_anomaly_fraction": 0.001},  # simulated anomalies of at least ~66 px at 256
-    "full_kv": {"model.msa_max_kv": 16},  # keys/values at full resolution in the 4x4 windows at stride 4
-    "ratio20": {"model.prototype_ratio": 0.2},  # twice the prototypes
-    # every normal map a prototype (no K-means averaging of parts at other angles), matched per location
-    "location_all": {"model.prototype_match": "location", "model.prototype_ratio": 1.0},
-    # per location, the nearest of 1024 normal location vectors from anywhere in any normal image (PatchCore-like)
-    "patch": {"model.prototype_match": "patch"},
-    # a lighter head for CPU speed (issue: deploy on the line): no MSA at stride 4, half the decoder widths
-    "patch_light": {
-        "model.prototype_match": "patch",
-        "model.msa_scales": [1, 2],
-        "model.decoder_channels": [64, 32, 16],
-    },
-    # image score = z-sum of the top-K map score and the largest nearest-neighbour distances to 4096 normal
-    # (3x3-averaged) vectors at strides 8 and 16, standardised on the held-out normals
-    "patch_bank": {"model.prototype_match": "patch", "model.score_bank_size": 4096},
-    # the same head on strides 8 and 16 only (map decoded at stride 8), MSA at stride 16 only
-    "patch_bank_light": {
-        "model.prototype_match": "patch",
-        "model.score_bank_size": 4096,
-        "model.head_scales": [1, 2],
-        "model.msa_scales": [2],
-    },
-    # the light head on a longer schedule: with the training cache of frozen parts (train.feature_cache_mb) a
-    # step takes about a third less, so 3000 steps take what 2200 took before
-    "patch_bank_light_3000": {
-        "model.prototype_match": "patch",
-        "model.score_bank_size": 4096,
-        "model.head_scales": [1, 2],
-        "model.msa_scales": [2],
-        "train.iterations": 3000,
-    },
-    # a faster head (issue: deploy on the line): the decoder starts at stride 16 (the encoder stops there), half
-    # the decoder widths, one MSA block
-    "patch_bank_fast": FAST,
-    # the same with 512 patch-bank vectors per scale instead of 1024
-    "patch_bank_fast_bank512": {**FAST, "model.patch_bank_size": 512},
-    # the default (light) head with the fast head's one change that also saves encoder time: the decoder starts
-    # at stride 16 (the encoder stops there); decoder widths and MSA blocks as the defaults
-    "patch_bank_nobottom": {
-        "model.prototype_match": "patch",
-        "model.score_bank_size": 4096,
-        "model.head_scales": [1, 2],
-        "model.msa_scales": [2],
-        "model.decoder_bottom": False,
-    },
-    # the first 8 ms preset: the fast head with the spec's whole-map prototypes and no score banks (no
-    # nearest-neighbour search over memory banks at inference)
-    "line_map": {**FAST, "model.prototype_match": "map", "model.score_bank_size": 0},
-    # the line preset (configs/line.yaml): line_map made cheaper where its profile spends most (issue: deploy
-    # on the line), one whole-map attention branch instead of three window sizes and half the decoder widths
-    "line_lite": {
-        **FAST,
-        "model.prototype_match": "map",
-        "model.score_bank_size": 0,
-        "model.msa_grids": [1],
-        "model.decoder_channels": [32, 16, 8],
-    },
-    # the balanced preset (configs/balanced.yaml): the line preset with the default's score banks (4096 vectors
-    # per scale at strides 8 and 16, queried every 8 px); the banks never enter the loss, so
-    # benchmarks/score_bank.py adding them to the line_lite runs gives what training this candidate gives
-    "line_banks": {
-        **FAST,
-        "model.prototype_match": "map",
-        "model.score_bank_size": 4096,
-        "model.msa_grids": [1],
-        "model.decoder_channels": [32, 16, 8],
-    },
-}
-CANDIDATES: dict[str, dict[str, object]] = {name: {**SPEC, **changes} for name, changes in CHANGES.items()}
+SPEC = CANDIDATES["baseline"]  # the spec's model, where every candidate starts
+CHANGES = {name: {k: v for k, v in c.items() if k not in SPEC or SPEC[k] != v} for name, c in CANDIDATES.items()}
 
 
 def candidate_sets(name: str) -> list[str]:

@@ -35,9 +35,11 @@ import yaml
 import prnad
 from prnad import config
 from prnad.data import load_samples, scan_category
+from prnad.experiments import load_experiment
 from prnad.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+ABLATION = REPO / "benchmarks" / "experiments" / "ablation.yaml"  # the ablation's candidates
 PAPER = {  # PRN's published per-category figures (image AUROC, pixel AUROC, PRO, pixel AP), ResNet18
     "bottle": {"image_auroc": 100.0, "pixel_auroc": 99.4, "pro": 97.0, "pixel_ap": 92.3},
     "screw": {"image_auroc": 95.9, "pixel_auroc": 97.5, "pro": 92.4, "pixel_ap": 44.9},
@@ -76,6 +78,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args.name = args.name or Path(args.data).name
     args.runs = args.runs or str(REPO / "runs" / f"bench_{args.name}")
     return args
+
+
+def flattened(values: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict as ``{"model.head_scales": [1, 2], ...}``."""
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out |= flattened(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def dotted_overrides(items: list[str], values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -322,11 +335,10 @@ def record(json_path: Path, category: str, run: dict) -> None:
 def from_ablation(args: argparse.Namespace, seed: int) -> dict:
     """The ablation's run of ``args.from_ablation`` for this category and seed, if the candidate's config (the
     spec's model plus its changes) equals the config this command trains; its command is the ablation's."""
-    import ablation  # imports this module: only here, not at the top
-
     category = Path(args.data).name
     trained = config.build_config(config.load_yaml(args.config), overrides(args))
-    sets = ablation.candidate_sets(args.from_ablation)
+    variants = {v.name: v for v in load_experiment(ABLATION).variants}
+    sets = [f"{k}={json.dumps(v)}" for k, v in flattened(variants[args.from_ablation].overrides).items()]
     candidate = config.build_config(config.load_yaml(args.config), dotted_overrides(sets, overrides(args)))
     if config.to_dict(candidate) != config.to_dict(trained):
         raise SystemExit(f"candidate {args.from_ablation} is not the config this command trains: nothing recorded")

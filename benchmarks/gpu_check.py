@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 import prnad
-from prnad.predict import _images_below
+from prnad.predict import images_below
 from prnad.runs import RunPaths
 from prnad.utils import device_name, resolve_device
 from score_bank import KEYS  # alongside this file
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 def images_under(folder: Path) -> list[Path]:
     """Image files anywhere under ``folder`` as predict finds them (hidden ones skipped, sorted by relative
     path); none if the folder is missing."""
-    return _images_below(folder) if folder.is_dir() else []
+    return images_below(folder) if folder.is_dir() else []
 
 
 def resized_split(data: Path, out: Path, size: int, train_images: int = 4) -> Path:

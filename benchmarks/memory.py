@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from prnad.config import EncoderConfig, ModelConfig
 from prnad.fitting import compute_prototypes
 from prnad.model import build_encoder
-from prnad.model.prototypes import _kmeans_pp_init, _lloyd, prototype_count
+from prnad.model.prototypes import kmeans, prototype_count
 from prnad.utils import device_name
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -53,16 +53,8 @@ def _before_encode_all(encoder, images: np.ndarray, device, batch_size: int) -> 
 
 
 def _before_kmeans(x: torch.Tensor, k: int, *, restarts: int, iterations: int, generator) -> torch.Tensor:
-    if k == x.shape[0]:
-        return x.clone()
-    x64 = x.double()
-    gram = x64 @ x64.T  # (N, N)
-    best, best_inertia = None, float("inf")
-    for _ in range(restarts):
-        weights, inertia = _lloyd(gram, _kmeans_pp_init(gram, k, generator), iterations)
-        if inertia < best_inertia:
-            best, best_inertia = weights, inertia
-    return (best @ x64).to(x.dtype)  # (K, D)
+    """K-means as it was: the whole (N, D) matrix converted to float64 at once (one column chunk of width D)."""
+    return kmeans(x, k, restarts=restarts, iterations=iterations, generator=generator, chunk_columns=x.shape[1])
 
 
 def before_compute_prototypes(

@@ -6,7 +6,7 @@
 
 The banks only enter the image score, never the loss, so a run trained without them gives exactly the
 network that training with them would give; what training adds at its end is done here by the same function
-(``fit_score_and_thresholds``: banks from the run's trained normals, standardisation on its held-out
+(``prnad.add_score_banks``: banks from the run's trained normals, standardisation on its held-out
 normals, thresholds refitted on the combined score). Each run is copied to ``<run>_bank<size>`` with
 ``model.score_bank_size`` set (and ``model.bank_map_weights`` with ``--map-weights``: the weights of the banks'
 maps in the fused map, which never enter the loss either; the copy is then ``<run>_bank<size>_w<w8>-<w16>``;
@@ -19,7 +19,6 @@ and both are evaluated through the API; the figures before and after go into
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import platform
@@ -28,54 +27,12 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
 import prnad
-from prnad.checkpoint import load_checkpoint, save_checkpoint
-from prnad.config import to_dict
-from prnad.runs import RunPaths
-from prnad.training.trainer import _validated_split, build_pool, fit_score_and_thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
-
-
-def with_score_banks(
-    run: Path,
-    size: int,
-    out: Path,
-    map_weights: tuple[float, float] | None = None,
-    query_stride: int | None = None,
-    coarse_size: int | None = None,
-) -> Path:
-    """Copy the finished ``run`` to ``out`` with score banks of ``size`` (the stride-16 one of ``coarse_size``
-    if given; and the banks' ``map_weights`` in the fused map and their ``query_stride``, or the run's own), as
-    training would have made them."""
-    ckpt = load_checkpoint(RunPaths(run).model)
-    weights = tuple(map_weights) if map_weights is not None else ckpt.config.model.bank_map_weights
-    stride = query_stride or ckpt.config.model.bank_query_stride
-    model_config = dataclasses.replace(
-        ckpt.config.model,
-        score_bank_size=size,
-        coarse_bank_size=coarse_size,
-        bank_map_weights=weights,
-        bank_query_stride=stride,
-    )
-    config = dataclasses.replace(ckpt.config, model=model_config)
-    ckpt.model.bank_map_weights = tuple(float(w) for w in weights)
-    ckpt.model.set_bank_query_stride(stride)
-    category, seen = _validated_split(config)
-    pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
-    if calibration is None or info["seen_anomalies"] != ckpt.info["seen_anomalies"]:
-        raise SystemExit(f"{run}: trained without held-out normals, or on another split; cannot add score banks")
-    info = {**ckpt.info, "score_bank_added_after_training": True}
-    fit_score_and_thresholds(ckpt.model, pool, calibration, config, torch.device("cpu"), info)  # times the banks
-    paths = RunPaths(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    return save_checkpoint(paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
 
 
 def _figures(result: dict) -> dict:
@@ -209,7 +166,15 @@ def main(argv: list[str] | None = None) -> None:
         suffix += f"_q{args.query_stride}" if args.query_stride else ""
         coarse = f"-{args.coarse_size}" if args.coarse_size else ""
         out = run.with_name(f"{run.name}_bank{args.size}{coarse}{suffix}")
-        with_score_banks(run, args.size, out, args.map_weights, args.query_stride, args.coarse_size)
+        prnad.add_score_banks(
+            run,
+            out,
+            args.size,
+            coarse_size=args.coarse_size,
+            map_weights=args.map_weights,
+            query_stride=args.query_stride,
+            device="cpu",
+        )
         trained = prnad.load(run, device="cpu")
         kept = data["runs"].get(str(run), {}).get("before") if args.keep_before else None
         before = kept or _figures(trained.evaluate())

@@ -52,11 +52,11 @@ def time_steps(model, pool, config, device: torch.device, cache_mb: int, steps: 
     built = time.perf_counter() - started
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.train.lr)
     model.train()
-    for step, (images, masks, sources) in enumerate(trainer._loader(pool, config, 0)):
+    for step, (images, masks, sources) in enumerate(trainer.training_loader(pool, config, 0)):
         if step == warmup:
             started = time.perf_counter()
         parts = cache.parts(model, images.to(device), sources)
-        trainer._step(model, optimizer, parts, masks.to(device), config)
+        trainer.training_step(model, optimizer, parts, masks.to(device), config)
         if step + 1 == warmup + steps:
             break
     per_step = (time.perf_counter() - started) / steps
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     values = dotted_overrides(args.set, {"data": {"root": args.data, "textures": args.textures}})
     config = build_config(merge(load_yaml(args.config), values))
     device = resolve_device(config.train.device)
-    category, seen = trainer._validated_split(config)
+    category, seen = trainer.validated_split(config)
     pool, _, _ = trainer.build_pool(config, category, seen, np.random.default_rng(config.train.seed))
-    fresh = trainer._start_fresh(config, pool, device)
+    fresh = trainer.start_fresh(config, pool, device)
     state = {k: v.clone() for k, v in fresh.state_dict().items()}
     rows = []
     for mb in args.cache_mb:

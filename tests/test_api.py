@@ -204,3 +204,46 @@ def test_presets_layer_under_the_config_and_an_unknown_one_is_refused():
     assert prnad.make_config(preset="default") == prnad.make_config()
     with pytest.raises(prnad.ConfigError, match="line, balanced"):
         prnad.make_config(preset="fast")
+
+
+BENCHMARKS = SRC.parents[1] / "benchmarks"
+
+
+def _prnad_names(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """Names a script binds to prnad modules, and the private prnad names it imports or reads from them."""
+    modules, private = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update((a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("prnad"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prnad"):
+            private.update(f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_"))
+            modules.update(a.asname or a.name for a in node.names)  # a module or a name; names are checked below
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                private.add(f"{node.value.id}.{node.attr}")
+    return modules, private
+
+
+def test_benchmark_scripts_use_only_public_prnad_names_and_import_no_circle():
+    scripts = {p.stem: p for p in BENCHMARKS.glob("*.py")}
+    graph, private = {}, {}
+    for name, path in scripts.items():
+        tree = ast.parse(path.read_text())
+        private[name] = _prnad_names(tree)[1]
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+        graph[name] = imported & set(scripts)
+    assert {k: v for k, v in private.items() if v} == {}
+    for start in graph:
+        seen, frontier = set(), list(graph[start])
+        while frontier:
+            nxt = frontier.pop()
+            assert nxt != start, f"benchmarks/{start}.py imports itself back through {sorted(seen)}"
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier += graph[nxt]

@@ -91,12 +91,14 @@ def test_benchmark_records_an_ablation_candidate_only_if_it_is_the_config_it_tra
     """bottle.py --from-ablation NAME files the ablation's runs of NAME as the category benchmark's seeds, with
     the ablation's command, when NAME's config equals the one bottle.py trains; a candidate that changes the
     config is refused and nothing is written."""
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import ablation
-
     bench = _bench_module()
     default = bench.config.build_config().train.iterations
-    monkeypatch.setattr(ablation, "CANDIDATES", {"same": {"model.topk": 100}, "other": {"model.topk": 5}})
+    candidates = tmp_path / "ablation.yaml"
+    variants = [{"name": "same", "overrides": {"model": {"topk": 100}}}]
+    variants += [{"name": "other", "overrides": {"model": {"topk": 5}}}]
+    datasets = [{"name": "d", "root": "data", "categories": ["bottle"]}]
+    candidates.write_text(json.dumps({"name": "ablation", "variants": variants, "datasets": datasets, "seeds": [0]}))
+    monkeypatch.setattr(bench, "ABLATION", candidates)
     runs = {}
     for name in ("same", "other"):
         for seed in (0, 1):

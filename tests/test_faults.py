@@ -304,7 +304,7 @@ def test_unknown_config_key(data: Path, tmp_path: Path, capsys):
 
 def test_resume_after_the_data_changed(data: Path, tmp_path: Path, capsys, monkeypatch):
     out = tmp_path / "out"
-    real_step, calls = trainer._step, {"n": 0}
+    real_step, calls = trainer.training_step, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -312,10 +312,10 @@ def test_resume_after_the_data_changed(data: Path, tmp_path: Path, capsys, monke
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_step", interrupted)
+    monkeypatch.setattr(trainer, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(_train(data, out, "--iterations", "4", "--config", str(_every(tmp_path, 1))))
-    monkeypatch.setattr(trainer, "_step", real_step)
+    monkeypatch.setattr(trainer, "training_step", real_step)
     gone = Path(load_checkpoint(out / "checkpoint.safetensors").info["seen_anomalies"][0])
     (data / gone).unlink()  # a seen anomaly leaves the data folder: the split of the seed changes
     (data / "ground_truth" / gone.parent.name / f"{gone.stem}_mask.png").unlink()

@@ -218,7 +218,7 @@ def test_default_pixel_threshold_flags_no_held_out_normal_pixel(detector: prnad.
 
 def test_calibration_set_is_the_held_out_normals_then_simulated_anomalies(tiny_category: Path):
     config = build_config(_overrides(tiny_category))
-    category, seen = trainer._validated_split(config)
+    category, seen = trainer.validated_split(config)
     _, calibration, _ = trainer.build_pool(config, category, seen, np.random.default_rng(0))
     images, masks, labels = calibration_set(calibration, config)
     assert images.shape == (2 + 8, 64, 64, 3) and list(labels) == [0, 0] + [1] * 8

@@ -104,7 +104,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_category, tm
     config = build_config(tiny_overrides(tiny_category))
     straight = trainer.train(config, tmp_path / "straight", progress=False)
 
-    real_step, calls = trainer._step, {"n": 0}
+    real_step, calls = trainer.training_step, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -112,12 +112,12 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_category, tm
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_step", interrupted)
+    monkeypatch.setattr(trainer, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(config, tmp_path / "resumed", progress=False)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors").iteration == 2
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    monkeypatch.setattr(trainer, "_step", real_step)
+    monkeypatch.setattr(trainer, "training_step", real_step)
     resumed = trainer.train(config, tmp_path / "resumed", resume=True, progress=False)
     _assert_same_tensors(_state(straight), _state(resumed))
 

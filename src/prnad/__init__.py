@@ -2,7 +2,7 @@
 
 >>> import prnad
 >>> sorted(name for name in prnad.__all__ if name[0].islower())
-['benchmark', 'calibrate', 'demo', 'export', 'layout_set', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
+['add_score_banks', 'benchmark', 'calibrate', 'demo', 'export', 'layout_set', 'load', 'make_config', 'predict_folder', 'synth_preview', 'train']
 """
 
 from prnad._version import __version__
@@ -10,6 +10,7 @@ from prnad.api import (
     PRESETS,
     Detector,
     Prediction,
+    add_score_banks,
     benchmark,
     calibrate,
     demo,
@@ -43,6 +44,7 @@ __all__ = [
     "PrnadError",
     "TrainingError",
     "__version__",
+    "add_score_banks",
     "benchmark",
     "calibrate",
     "demo",

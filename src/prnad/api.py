@@ -25,6 +25,7 @@ __all__ = [
     "SPIN_MODES",
     "Detector",
     "Prediction",
+    "add_score_banks",
     "benchmark",
     "calibrate",
     "demo",
@@ -123,6 +124,30 @@ def calibrate(run: str | Path, threshold: dict[str, Any] | None = None, *, devic
 
     recalibrate(run, threshold or {}, device=device)
     return load(run, device=device)
+
+
+def add_score_banks(
+    run: str | Path,
+    out: str | Path,
+    size: int = 4096,
+    *,
+    coarse_size: int | None = None,
+    map_weights: tuple[float, float] | None = None,
+    query_stride: int | None = None,
+    device: str = "auto",
+) -> Detector:
+    """A copy of a finished run in ``out`` with score banks of ``size`` normal vectors per scale (strides 8 and
+    16; the stride-16 one of ``coarse_size`` if given) in its score and map, as training with
+    ``model.score_bank_size`` would have made them (the banks never enter the loss): e.g. the line preset's run
+    made into the balanced preset's without training. ``map_weights`` and ``query_stride`` replace the run's
+    ``model.bank_map_weights`` and ``model.bank_query_stride``. Needs the run's data folder; returns the copy's
+    Detector."""
+    from prnad.training.trainer import with_score_banks  # training is imported only by who trains
+
+    with_score_banks(
+        run, out, size, coarse_size=coarse_size, map_weights=map_weights, query_stride=query_stride, device=device
+    )
+    return load(out, device=device)
 
 
 def export(run: str | Path, format: str = "onnx") -> Path:

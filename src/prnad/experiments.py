@@ -40,12 +40,14 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Variant:
-    """A model: ``preset`` (a name of :data:`prnad.PRESETS`), then ``config`` (a YAML file), then ``overrides``."""
+    """A model: ``preset`` (a name of :data:`prnad.PRESETS`), then ``config`` (a YAML file), then ``overrides``;
+    ``note`` says what it is (for the reader; it changes nothing)."""
 
     name: str
     preset: str | None = None
     config: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,12 @@ def _names(items: list, where: str) -> None:
 
 
 def _variant(values: Any, where: str) -> Variant:
-    v = _fields(values, {"name", "preset", "config", "overrides"}, {"name"}, where)
+    v = _fields(values, {"name", "preset", "config", "overrides", "note"}, {"name"}, where)
     if v.get("preset") is not None and v["preset"] not in PRESETS:
         raise ConfigError(f"{where}: unknown preset '{v['preset']}'; presets: {', '.join(PRESETS)}")
-    return Variant(str(v["name"]), v.get("preset"), v.get("config"), dict(v.get("overrides") or {}))
+    return Variant(
+        str(v["name"]), v.get("preset"), v.get("config"), dict(v.get("overrides") or {}), str(v.get("note") or "")
+    )
 
 
 def _dataset(values: Any, where: str) -> DatasetSpec:
@@ -430,7 +434,7 @@ def write_experiment(path: str | Path, experiment: Experiment) -> Path:
     """Write ``experiment`` as a YAML file that :func:`load_experiment` reads back equal."""
     path = Path(path)
     values = to_dict(experiment)
-    values["variants"] = [{k: v for k, v in to_dict(x).items() if v not in (None, {})} for x in experiment.variants]
+    values["variants"] = [{k: v for k, v in to_dict(x).items() if v not in (None, {}, "")} for x in experiment.variants]
     values["datasets"] = [{k: v for k, v in to_dict(x).items() if v is not None} for x in experiment.datasets]
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path

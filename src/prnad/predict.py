@@ -23,11 +23,11 @@ from prnad.errors import DataError, PrnadError
 from prnad.inference import Detector, Prediction, check_batch_size
 
 
-def _images_below(folder: Path) -> list[Path]:
+def images_below(folder: Path) -> list[Path]:
     """Image files in ``folder`` and its sub-folders (hidden ones skipped), sorted by relative path."""
     found = list_images(folder)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found += _images_below(sub)
+        found += images_below(sub)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -41,7 +41,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """
     found: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
-        below = _images_below(item) if item.is_dir() else []
+        below = images_below(item) if item.is_dir() else []
         if below:
             found += [(p, "_".join(p.relative_to(item).with_suffix("").parts)) for p in below]
         else:

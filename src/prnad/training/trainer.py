@@ -89,7 +89,7 @@ def lr_at(step: int, config: RunConfig) -> float:
     return 0.5 * t.lr * (1 + math.cos(math.pi * progress))
 
 
-def _start_fresh(config: RunConfig, pool: TrainingPool, device: torch.device) -> PRN:
+def start_fresh(config: RunConfig, pool: TrainingPool, device: torch.device) -> PRN:
     encoder = build_encoder(config.model.encoder).to(device)
     m = config.model
     prototypes = compute_prototypes(
@@ -106,7 +106,7 @@ def _start_fresh(config: RunConfig, pool: TrainingPool, device: torch.device) ->
     return build_prn(config.model, prototypes=[p.to(device) for p in prototypes], encoder=encoder).to(device)
 
 
-def _loader(pool: TrainingPool, config: RunConfig, start: int) -> torch.utils.data.DataLoader:
+def training_loader(pool: TrainingPool, config: RunConfig, start: int) -> torch.utils.data.DataLoader:
     t = config.train
     stream = AnomalyStream(
         pool,
@@ -131,7 +131,7 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # synthesis is NumPy/PIL work; leave the cores to the training step
 
 
-def _step(
+def training_step(
     model: PRN, optimizer: torch.optim.Optimizer, parts: FrozenParts, masks: torch.Tensor, config: RunConfig
 ) -> float:
     logits = model.head(parts, masks.shape[-2:])  # (B, 1, S, S): the decoder's map, what the loss trains
@@ -182,7 +182,7 @@ def _prepare_run_folder(paths: RunPaths, *, resume: bool, overwrite: bool) -> No
             path.unlink()
 
 
-def _validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
+def validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
     """Scan the data and check the protocol split and the batch mix, before any long work."""
     check_weights_source(config.model.encoder)
     category = scan_data(config.data)
@@ -228,7 +228,7 @@ def train(
     config = with_absolute_paths(config)
     paths = RunPaths(Path(out_dir))
     device = resolve_device(config.train.device)
-    category, seen = _validated_split(config)
+    category, seen = validated_split(config)
     _prepare_run_folder(paths, resume=resume, overwrite=overwrite)
     if progress:
         print(describe(category, seen), file=sys.stderr, flush=True)
@@ -238,7 +238,7 @@ def train(
     if resume:
         model, start, optim_state = _load_resume(paths, config, device, info["seen_anomalies"])
     else:
-        model, start, optim_state = _start_fresh(config, pool, device), 0, None
+        model, start, optim_state = start_fresh(config, pool, device), 0, None
         paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     info["setup_seconds"] = round(time.perf_counter() - started, 2)  # prototypes, or loading the checkpoint
     optimizer = torch.optim.Adam(
@@ -270,7 +270,7 @@ def recalibrate(run_dir: str | Path, threshold: dict[str, Any], *, device: str =
             f"{paths.model}: calibration keeps the run's held-out normals (threshold.holdout_fraction "
             f"{ckpt.config.threshold.holdout_fraction}, > 0); train again to hold out another share"
         )
-    category, seen = _validated_split(config)
+    category, seen = validated_split(config)
     pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
     if (info["seen_anomalies"], info["calibration_normals"]) != (
         ckpt.info["seen_anomalies"],
@@ -281,6 +281,47 @@ def recalibrate(run_dir: str | Path, threshold: dict[str, Any], *, device: str =
     fit_score_and_thresholds(ckpt.model, pool, calibration, config, torch_device, info, banks=False)
     paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     return save_checkpoint(paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
+
+
+def with_score_banks(
+    run_dir: str | Path,
+    out: str | Path,
+    size: int,
+    *,
+    coarse_size: int | None = None,
+    map_weights: tuple[float, float] | None = None,
+    query_stride: int | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Copy the finished run ``run_dir`` to ``out`` with score banks of ``size`` vectors (the stride-16 one of
+    ``coarse_size`` if given), their maps weighted ``map_weights`` in the fused map and queried every
+    ``query_stride`` pixels (the run's own where None), standardised and thresholded as training would have done
+    it: the banks never enter the loss, so this is the model that training with them gives. Returns the copy's
+    model file; the run itself is unchanged."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.model.is_file():
+        raise DataError(f"{paths.model}: no trained model to add score banks to in {paths.root}")
+    torch_device = resolve_device(device)
+    ckpt = load_checkpoint(paths.model, map_location=torch_device)
+    m = ckpt.config.model
+    weights = tuple(map_weights) if map_weights is not None else m.bank_map_weights
+    stride = query_stride or m.bank_query_stride
+    model = replace(
+        m, score_bank_size=size, coarse_bank_size=coarse_size, bank_map_weights=weights, bank_query_stride=stride
+    )
+    config = build_config(to_dict(replace(ckpt.config, model=model)))  # checked as any config
+    category, seen = validated_split(config)
+    pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
+    if calibration is None or info["seen_anomalies"] != ckpt.info["seen_anomalies"]:
+        raise DataError(f"{paths.model}: trained without held-out normals, or on another split; cannot add score banks")
+    ckpt.model.bank_map_weights = tuple(float(w) for w in weights)
+    ckpt.model.set_bank_query_stride(stride)
+    info = {**ckpt.info, "score_bank_added_after_training": True}
+    fit_score_and_thresholds(ckpt.model, pool, calibration, config, torch_device, info)
+    out_paths = RunPaths(Path(out))
+    out_paths.root.mkdir(parents=True, exist_ok=True)
+    out_paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return save_checkpoint(out_paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
 
 
 def fit_score_and_thresholds(
@@ -324,11 +365,11 @@ def _loop(
     model.train()
     bar = progress_display(t.iterations, initial=start, desc="train", enabled=progress)
     with bar, paths.log.open("a") as log:
-        for step, (images, masks, sources) in enumerate(_loader(pool, config, start), start=start):
+        for step, (images, masks, sources) in enumerate(training_loader(pool, config, start), start=start):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
             parts = cache.parts(model, images.to(device), sources)
-            loss = _step(model, optimizer, parts, masks.to(device), config)
+            loss = training_step(model, optimizer, parts, masks.to(device), config)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"iteration {step + 1}: the loss is {loss}; training diverged (try a lower train.lr). "
