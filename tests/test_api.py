@@ -219,9 +219,9 @@ def _prnad_names(tree: ast.AST) -> tuple[set[str], set[str]]:
             private.update(f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_"))
             modules.update(a.asname or a.name for a in node.names)  # a module or a name; names are checked below
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
-            if node.attr.startswith("_") and not node.attr.startswith("__"):
-                private.add(f"{node.value.id}.{node.attr}")
+        named = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+        if named and node.attr.startswith("_") and not node.attr.startswith("__"):
+            private.add(f"{node.value.id}.{node.attr}")
     return modules, private
 
 
