@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import prnad
 import prnad.api
+import prnad.model
 from prnad.cli import main
 from tests.conftest import score_tolerance, tiny_overrides
 
@@ -204,6 +206,26 @@ def test_presets_layer_under_the_config_and_an_unknown_one_is_refused():
     assert prnad.make_config(preset="default") == prnad.make_config()
     with pytest.raises(prnad.ConfigError, match="line, balanced"):
         prnad.make_config(preset="fast")
+
+
+def test_the_paper_preset_builds_the_papers_model():
+    """--preset paper: whole-map prototypes, the top-K score without banks, the head at strides 4, 8 and 16 with
+    two MSA blocks of three window sizes (whole map, 2x2, 4x4) at each, the decoder from the stride-32 map."""
+    from prnad.model import build_prn
+    from prnad.model.prototypes import nearest_prototype
+
+    config = prnad.make_config(preset="paper", overrides={"model": {"encoder": {"weights": "random"}}})
+    encoder = prnad.model.build_encoder(config.model.encoder)
+    prototypes = [torch.zeros(2, encoder.channels[i], 64 // r, 64 // r) for i, r in enumerate((4, 8, 16))]
+    model = build_prn(config.model, prototypes=prototypes, encoder=encoder)
+    assert model.match is nearest_prototype and model.n_score_banks == 0 and model.residual_kind == "squared"
+    assert model.head_scales == (0, 1, 2) and model.topk == 100 and model.score_smoothing == 0
+    assert [len(stack.blocks) for stack in model.attention] == [2, 2, 2]
+    assert all(block.grids == (1, 2, 4) for stack in model.attention for block in stack.blocks)
+    assert model.decoder.has_bottom and config.model.prototype_ratio == 0.1
+    out = model.eval()(torch.rand(1, 3, 64, 64))
+    assert out.anomaly_map.shape == (1, 1, 64, 64) and out.distances is None
+    assert prnad.make_config(preset="paper").model != prnad.make_config().model
 
 
 BENCHMARKS = SRC.parents[1] / "benchmarks"

@@ -148,3 +148,13 @@ def test_ray_on_two_local_workers_gives_the_same_table(two_categories, local_run
     local = bench.markdown(data)
     assert _without_times(report) == _without_times(local)
     assert [r["cell"] for r in on_ray["cells"]] == [r["cell"] for r in data["cells"]]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "experiments").glob("*.yaml")))
+def test_every_committed_experiment_file_builds_each_cells_config(path: Path, monkeypatch):
+    monkeypatch.chdir(path.parents[2])  # their paths are relative to the repository root, where they are run
+    experiment = bench.load_experiment(path)
+    configs = [bench.cell_config(experiment, cell) for cell in bench.cells(experiment)]
+    assert len(configs) == len(experiment.variants) * len(experiment.seeds) * sum(
+        len(d.categories) for d in experiment.datasets
+    )

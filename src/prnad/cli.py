@@ -38,7 +38,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=list(api.PRESETS),
-        help="accuracy for speed, under --config and flags: default, line (the fastest), balanced (between)",
+        help="under --config and flags: default, line (the fastest), balanced (between), paper (the paper's model)",
     )
     p.add_argument("--seed", type=int, help="seed of the split, prototypes, initialisation and synthesis (default 0)")
     p.add_argument("--seen-anomalies", type=int, help="defect images moved from test to train (default 10; 0 allowed)")
