@@ -120,11 +120,11 @@ class ModelConfig:
     # [C] the encoder scales (0: stride 4, 1: stride 8, 2: stride 16) the head works on: prototypes, MF1, MSA,
     # MF2 and decoder skips. The default (1, 2) drops stride 4, the costliest resolution of the head on a CPU:
     # the map is decoded at stride 8 and upsampled (a deviation from the spec's three scales, measured on bottle
-    # and screw, docs/DESIGN.md). A run of scales ending at 2: (0, 1, 2) (the spec), (1, 2) or (2,).
+    # and screw, docs/experiments/2026-12-07-design-history.md). A run of scales ending at 2: (0, 1, 2) (the spec), (1, 2) or (2,).
     head_scales: tuple[int, ...] = (1, 2)
     msa_blocks: int = 2  # [C] stacked MSA blocks per scale
     # [C] the scales (0: stride 4, 1: stride 8, 2: stride 16) that get MSA, among head_scales; the others pass
-    # their joint map on unchanged. The default, stride 16 only, is the light head measured in docs/DESIGN.md;
+    # their joint map on unchanged. The default, stride 16 only, is the light head measured in docs/experiments/2026-12-07-design-history.md;
     # (0, 1, 2) is the spec's.
     msa_scales: tuple[int, ...] = (2,)
     msa_grids: tuple[int, ...] = (1, 2, 4)  # [P figure] whole map, 2x2 and 4x4 windows
@@ -133,15 +133,15 @@ class ModelConfig:
     # at strides 16, 8, 4; a head without stride 4 (head_scales (1, 2)) uses the first two
     decoder_channels: tuple[int, int, int] = (128, 64, 32)
     # [C] True: the decoder starts from the encoder's stride-32 map (the figure's bottom, the spec). False (the
-    # default, a deviation measured on bottle and screw over seeds 0-2, docs/DESIGN.md): from the stride-16 fused
+    # default, a deviation measured on bottle and screw over seeds 0-2, docs/experiments/2026-12-07-design-history.md): from the stride-16 fused
     # map alone, and the encoder stops at stride 16: about a fifth less time in OpenVINO, metrics level. With
-    # decoder_channels (64, 32, 16) and msa_blocks 1 it is the fast head of docs/DESIGN.md.
+    # decoder_channels (64, 32, 16) and msa_blocks 1 it is the fast head of docs/experiments/2026-12-07-design-history.md.
     decoder_bottom: bool = False
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
     # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the
     # K prototypes' vectors there (for parts that rotate or move); "patch" (the default, a deviation from the
-    # spec measured on bottle and screw, docs/DESIGN.md): per location, the nearest vector of a memory bank of
+    # spec measured on bottle and screw, docs/experiments/2026-12-07-design-history.md): per location, the nearest vector of a memory bank of
     # every normal location (position-free, as PatchCore), ``patch_bank_size`` vectors per scale chosen by
     # greedy coreset; prototype_ratio is unused
     prototype_match: Literal["map", "location", "patch"] = "patch"
@@ -150,16 +150,16 @@ class ModelConfig:
     # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset). The image score is the sum
     # of z-scores, standardised on the held-out normal images, of the top-K map score and, per bank, the
     # largest nearest-neighbour distance in the image; the map adds the standardised distance maps, weighted
-    # by bank_map_weights, to the decoder's logits (docs/DESIGN.md). 0: the spec's decoder map and top-K score
+    # by bank_map_weights, to the decoder's logits (docs/experiments/2026-12-07-design-history.md). 0: the spec's decoder map and top-K score
     # alone. Needs held-out normal images (threshold.holdout_fraction > 0).
     score_bank_size: int = 4096
     # [C] vectors of the stride-16 bank when it should differ from the stride-8 one (None: score_bank_size for
     # both). On the line head the stride-8 bank's size is what holds screw's PRO and the stride-16 one can be a
-    # quarter of it for a third less of the banks' time (docs/DESIGN.md, "Score banks on the line preset").
+    # quarter of it for a third less of the banks' time (docs/experiments/2026-12-07-design-history.md, "Score banks on the line preset").
     coarse_bank_size: int | None = None
     # [C] weights of the two banks' standardised distance maps (strides 8, 16) in the fused map; the decoder's
     # own map weighs 1. The coarse stride-16 map at half weight: measured on bottle and screw (seeds 0-2,
-    # benchmarks/results/map_fusion_weights.md), it keeps pixel AUROC and gains pixel AP (docs/DESIGN.md).
+    # benchmarks/results/map_fusion_weights.md), it keeps pixel AUROC and gains pixel AP (docs/experiments/2026-12-07-design-history.md).
     # Unused without banks.
     bank_map_weights: tuple[float, float] = (1.0, 0.5)
     # [C] the grid, in input pixels, on which the score banks are queried: 8 queries each bank at every location
@@ -288,8 +288,8 @@ class TrainConfig:
     """Fixed budget, Adam; no model selection on the test set."""
 
     seed: int = 0
-    # 38-42 min on a 2-core CPU at 256 px with MobileNetV2 and the default head before the feature cache; with it a
-    # step takes about 0.63 s there (3000-step runs: 30-32 min), so about 24 min
+    # a fixed budget (the paper gives none): about 22 min on 2 CPU cores at 256 px with MobileNetV2; past it
+    # a longer schedule (3000 steps) gained nothing on bottle or screw (benchmarks/results/ablation.md)
     iterations: int = 2200
     batch_size: int = 16
     lr: float = 5e-4
@@ -337,7 +337,7 @@ class ThresholdConfig:
     a 90 % bound). Pixel threshold: the lowest that flags at most ``pixel_false_alarm_rate`` of the held-out normals' pixels, or,
     with None, the F1-optimal one over the pixels of the whole set. (F1 on the simulated anomalies sets it
     too high once score banks enter the map: the anomalies made from the seen defects, which the network
-    trained on, score far above real unseen defects. See docs/DESIGN.md.)
+    trained on, score far above real unseen defects. See docs/experiments/2026-12-07-design-history.md.)
     """
 
     holdout_fraction: float = 0.1  # share of the normal training images kept apart; 0: no thresholds
