@@ -448,3 +448,11 @@ def test_the_category_report_says_what_a_line_sees_at_the_thresholds(tmp_path: P
     text = (tmp_path / "b.md").read_text()
     assert "| 0 | 1.5000 | 90.0 | 80.0 | 84.7 | 5.0 (4.5) | 20.0 | 0.7000 |" in text
     assert "| 1 | 1.5000 | 90.0 | 80.0 | 84.7 | - | - | 0.7000 |" in text
+
+
+def test_the_results_index_lists_every_report(monkeypatch):
+    """benchmarks/results/INDEX.md is what benchmarks/index.py generates from the committed reports now."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import index
+
+    assert (RESULTS / index.INDEX).read_text() == index.index_text(RESULTS)
