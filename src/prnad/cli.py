@@ -43,6 +43,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the split, prototypes, initialisation and synthesis (default 0)")
     p.add_argument("--seen-anomalies", type=int, help="defect images moved from test to train (default 10; 0 allowed)")
     p.add_argument(
+        "--seen-defect-types",
+        nargs="+",
+        metavar="TYPE",
+        help="hard setting: every seen anomaly from these defect types (evaluation reports seen and unseen apart)",
+    )
+    p.add_argument(
         "--layout",
         choices=list(LAYOUTS),
         help="dataset layout (default auto: MVTec AD, MVTec 3D-AD, BTAD, DAGM 2007, KolektorSDD2 or VisA by its tree)",
@@ -204,6 +210,7 @@ def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
 FLAG_KEYS = {
     "data": "data.root",
     "seen_anomalies": "data.seen_anomalies",
+    "seen_defect_types": "data.seen_defect_types",
     "layout": "data.layout",
     "normal_dir": "data.normal_dir",
     "abnormal_dir": "data.abnormal_dir",

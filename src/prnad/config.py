@@ -46,6 +46,9 @@ class DataConfig:
     root: str = ""  # category folder in the MVTec AD layout
     image_size: int = 256  # the paper's resolution; tests use 64 (must be a multiple of 64 for the 4x4 MSA grid)
     seen_anomalies: int = 10  # "general supervised setting": 10 defect images move from test to train
+    # DRA's hard setting: every seen anomaly from these defect types (None: all types pooled, the paper's
+    # general setting); evaluation then reports the seen and the unseen types apart
+    seen_defect_types: tuple[str, ...] | None = None
     category_type: Literal["auto", "object", "texture"] = "auto"  # where target areas may lie
     textures: str | None = None  # folder of texture images for HEA; None: procedural textures
     # the dataset layout (prnad.data.layouts): auto (recognised by its tree), mvtec, mvtec3d, btad, dagm, ksdd2,
@@ -63,6 +66,11 @@ class DataConfig:
             f"must be a positive multiple of 64, got {self.image_size}",
         )
         _check(self.seen_anomalies >= 0, "data.seen_anomalies", f"must be >= 0, got {self.seen_anomalies}")
+        _check(
+            self.seen_defect_types is None or len(self.seen_defect_types) > 0,
+            "data.seen_defect_types",
+            "must name at least one defect type, or be null (all types pooled)",
+        )
         _check(self.layout in LAYOUTS, "data.layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         _check(
             self.category_type in ("auto", "object", "texture"),
@@ -137,14 +145,17 @@ class ModelConfig:
     # map alone, and the encoder stops at stride 16: about a fifth less time in OpenVINO, metrics level. With
     # decoder_channels (64, 32, 16) and msa_blocks 1 it is the fast head of docs/experiments/2026-12-07-design-history.md.
     decoder_bottom: bool = False
+    # [P] the MF blocks exchange information between scales; false keeps each scale to itself (Table 4's "MF")
+    multi_scale_fusion: bool = True
     topk: int = 100  # [C] image score = mean of the top-K pixels of the 256x256 map
     score_smoothing: float = 0.0  # [C] Gaussian sigma (px) on the map before top-K; 0: the spec's plain top-K
     # [C] "map": one nearest prototype per whole map (the spec); "location": per location, the nearest of the
     # K prototypes' vectors there (for parts that rotate or move); "patch" (the default, a deviation from the
     # spec measured on bottle and screw, docs/experiments/2026-12-07-design-history.md): per location, the nearest vector of a memory bank of
     # every normal location (position-free, as PatchCore), ``patch_bank_size`` vectors per scale chosen by
-    # greedy coreset; prototype_ratio is unused
-    prototype_match: Literal["map", "location", "patch"] = "patch"
+    # greedy coreset; prototype_ratio is unused; "none": no prototypes (every residual is 0: Table 4's "w/o
+    # prototypes", the head reads the features alone)
+    prototype_match: Literal["map", "location", "patch", "none"] = "patch"
     patch_bank_size: int = 1024  # [C] memory-bank vectors per scale for prototype_match "patch"
     # [C] a deviation from the spec's score and map: with a size M > 0, a memory bank of M locally averaged
     # (3x3) normal feature vectors per scale at strides 8 and 16 (greedy coreset). The image score is the sum
@@ -209,9 +220,9 @@ class ModelConfig:
         _check(self.topk >= 1, "model.topk", "must be >= 1")
         _check(self.score_smoothing >= 0.0, "model.score_smoothing", "must be >= 0")
         _check(
-            self.prototype_match in ("map", "location", "patch"),
+            self.prototype_match in ("map", "location", "patch", "none"),
             "model.prototype_match",
-            f"must be map, location or patch, got {self.prototype_match!r}",
+            f"must be map, location, patch or none, got {self.prototype_match!r}",
         )
         _check(self.patch_bank_size >= 1, "model.patch_bank_size", "must be >= 1")
         _check(self.score_bank_size >= 0, "model.score_bank_size", "must be >= 0 (0: the top-K score alone)")
@@ -246,6 +257,7 @@ class SynthConfig:
     perlin_threshold: float = 0.5
     perlin_max_exponent: int = 6  # Perlin scales 2^0 .. 2^(max-1)
     target_area_size: tuple[float, float] = (0.15, 0.6)  # target-area extent as a fraction of the image side
+    target_areas: bool = True  # [P] simulated masks restricted to a target area; false: the whole mask (Table 5)
     hoa_grid: int = 8  # HOA shuffles an 8x8 grid of patches of the normal image
     max_tries: int = 20  # resampling budget when a mask comes out empty (or too small)
     min_anomaly_fraction: float = 0.0  # [C] smallest simulated anomaly, as a share of the image; 0: any non-empty

@@ -122,7 +122,7 @@ def held_out_test_set(root: Path, config: RunConfig, info: dict[str, Any], *, ow
         raise DataError("the run records no seen anomalies (a checkpoint of an older prnad?); cannot hold them out")
     category: Category = scan_data(config.data, root)
     if own_data:
-        seen, _ = seen_anomalies(category, config.data.seen_anomalies, config.train.seed)
+        seen, _ = seen_anomalies(category, config.data.seen_anomalies, config.train.seed, config.data.seen_defect_types)
         if sorted(relative_paths(seen, category.root)) != sorted(recorded):
             raise DataError(
                 f"{root}: the seen anomalies of seed {config.train.seed} differ from those the run trained on; "
@@ -160,6 +160,24 @@ def per_type_metrics(test: tuple[Sample, ...], preds: Predictions, masks: np.nda
         keep = np.array([s.label == 0 or s.defect_type == defect for s in test])
         metrics = compute_metrics(preds.scores[keep], labels[keep], preds.logits[keep], masks[keep])
         out[defect] = {"images": int(np.sum(keep & (labels == 1))), **_rounded(metrics)}
+    return out
+
+
+def seen_unseen_metrics(
+    test: tuple[Sample, ...], preds: Predictions, masks: np.ndarray, seen_types: list[str] | None
+) -> dict[str, dict] | None:
+    """The four metrics on the defect types the run saw anomalies of, and on the others, each against all normal
+    test images (DRA's seen / unseen split); None when the run records no seen types or one group is empty."""
+    defect_types = {s.defect_type for s in test if s.label == 1}
+    if not seen_types or not defect_types & set(seen_types) or not defect_types - set(seen_types):
+        return None
+    labels = np.array([s.label for s in test])
+    out = {}
+    for group, wanted in (("seen_types", True), ("unseen_types", False)):
+        keep = np.array([s.label == 0 or (s.defect_type in seen_types) == wanted for s in test])
+        metrics = compute_metrics(preds.scores[keep], labels[keep], preds.logits[keep], masks[keep])
+        types = sorted(t for t in defect_types if (t in seen_types) == wanted)
+        out[group] = {"types": types, "images": int(np.sum(keep & (labels == 1))), **_rounded(metrics)}
     return out
 
 
@@ -252,6 +270,7 @@ def evaluate_model(
     return {
         "metrics": _rounded(metrics),
         "per_type": per_type_metrics(test, preds, masks),
+        "seen_unseen": seen_unseen_metrics(test, preds, masks, info.get("seen_defect_types")),
         "at_threshold": at_thresholds(preds, labels, masks, *thresholds, info.get("thresholds") or {}),
         "inference_ms_per_image": round(float(np.mean(preds.ms)), 2),
         "inference_ms_median": round(float(statistics.median(preds.ms)), 2),
@@ -320,7 +339,8 @@ def _line_summary(image: dict[str, Any]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The metrics as a small text table, in percent, then one line per defect type."""
+    """The metrics as a small text table, in percent, then one line per defect type (and, where the run saw
+    anomalies of some types only, one for the seen and one for the unseen types)."""
     lines = [f"{'metric':<16}{'value':>8}", "-" * 24]
     for key, name in METRIC_NAMES.items():
         value = result["metrics"][key]
@@ -331,9 +351,12 @@ def format_table(result: dict[str, Any]) -> str:
     )
     if result.get("at_threshold"):
         lines += _threshold_lines(result["at_threshold"])
-    if result.get("per_type"):
+    rows = dict(result.get("per_type") or {})
+    for group, m in (result.get("seen_unseen") or {}).items():
+        rows[f"({group.replace('_', ' ')})"] = m
+    if rows:
         lines.append(f"{'defect type':<24}{'images':>7}{'I-AUROC':>9}{'P-AUROC':>9}{'PRO':>7}{'AP':>7}")
-        for defect, m in result["per_type"].items():
+        for defect, m in rows.items():
             cells = "".join(
                 f"{'n/a' if m[k] is None else f'{m[k]:.1f}':>{w}}"
                 for k, w in (("image_auroc", 9), ("pixel_auroc", 9), ("pro", 7), ("pixel_ap", 7))

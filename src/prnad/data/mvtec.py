@@ -152,18 +152,26 @@ def sorted_samples(samples: Sequence[Sample]) -> tuple[Sample, ...]:
 # ------------------------------------------------------------------------------------------------ protocol
 
 
-def split_seen_anomalies(test: Sequence[Sample], n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+def split_seen_anomalies(
+    test: Sequence[Sample], n: int, seed: int, types: Sequence[str] | None = None
+) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
     """Take `n` seen anomalies out of `test` (spec, Protocol); returns (seen, remaining_test).
 
-    All anomalous samples (defect types pooled) are sorted by path string and shuffled with
-    `np.random.RandomState(seed).permutation`; the first `n` in that order are seen. The remaining test
-    samples keep the order of `test`.
+    All anomalous samples (defect types pooled; only those of ``types`` when given: DRA's hard setting) are
+    sorted by path string and shuffled with `np.random.RandomState(seed).permutation`; the first `n` in that
+    order are seen. The remaining test samples keep the order of `test`.
     """
     if n < 0:
         raise DataError(f"number of seen anomalies must be >= 0, got {n}")
     if n == 0:
         return (), tuple(test)
     defects = sorted((s for s in test if s.label == 1), key=lambda s: str(s.path))
+    if types is not None:
+        known = sorted({s.defect_type for s in defects})
+        unknown = sorted(set(types) - set(known))
+        if unknown:
+            raise DataError(f"no defect type '{unknown[0]}' to draw seen anomalies from; types: {', '.join(known)}")
+        defects = [s for s in defects if s.defect_type in types]
     if n > len(defects):
         raise DataError(f"asked for {n} seen anomalies but there are only {len(defects)} defect images to draw from")
     order = np.random.RandomState(seed).permutation(len(defects))
@@ -186,20 +194,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def seen_anomalies(category: Category, n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
-    """(seen, test): the seen anomalies drawn as :func:`split_seen_anomalies` draws them, from the training
-    split's defective images where the layout has them (the test split then stays whole), else from the test
-    split (the paper's protocol: they leave it)."""
+def seen_anomalies(
+    category: Category, n: int, seed: int, types: Sequence[str] | None = None
+) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(seen, test): the seen anomalies drawn as :func:`split_seen_anomalies` draws them (of ``types`` only,
+    when given), from the training split's defective images where the layout has them (the test split then
+    stays whole), else from the test split (the paper's protocol: they leave it)."""
     if category.train_anomalies:
-        seen, _ = split_seen_anomalies(category.train_anomalies, n, seed)
+        seen, _ = split_seen_anomalies(category.train_anomalies, n, seed, types)
         return seen, category.test
-    return split_seen_anomalies(category.test, n, seed)
+    return split_seen_anomalies(category.test, n, seed, types)
 
 
-def held_out_split(category: Category, n: int, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+def held_out_split(
+    category: Category, n: int, seed: int, types: Sequence[str] | None = None
+) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
     """:func:`seen_anomalies`, then check that the test split left keeps both classes for evaluation, and
     that every seen anomaly has a mask to train on."""
-    seen, test = seen_anomalies(category, n, seed)
+    seen, test = seen_anomalies(category, n, seed, types)
     unmasked = [s.path for s in seen if s.mask_path is None]
     if unmasked:
         raise DataError(f"{unmasked[0]}: a seen anomaly needs its mask to train on; give the masks or 0 seen anomalies")

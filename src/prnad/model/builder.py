@@ -38,10 +38,10 @@ def build_prn(
     return PRN(
         encoder=encoder,
         prototypes=prototypes,
-        feature_fusion=MultiScaleFusion(channels=c),
-        residual_fusion=MultiScaleFusion(channels=c),
+        feature_fusion=MultiScaleFusion(channels=c, exchange=config.multi_scale_fusion),
+        residual_fusion=MultiScaleFusion(channels=c, exchange=config.multi_scale_fusion),
         attention=attention,
-        output_fusion=MultiScaleFusion(channels=joint),
+        output_fusion=MultiScaleFusion(channels=joint, exchange=config.multi_scale_fusion),
         decoder=Decoder(
             bottom_channels=encoder.channels[3] if config.decoder_bottom else None,
             skip_channels=joint,

@@ -31,15 +31,16 @@ class MultiScaleFusion(nn.Module):
     """Exchange information between scales; an input BatchNorm per scale puts every input on one footing.
 
     The input BatchNorm matters for residual maps, whose squared values span orders of magnitude between
-    scales and backbones. Output i = BN(x_i) + sum over j != i of transform_ji(BN(x_j)).
+    scales and backbones. Output i = BN(x_i) + sum over j != i of transform_ji(BN(x_j)); with ``exchange``
+    False (the paper's ablation without MF) output i = BN(x_i).
     """
 
-    def __init__(self, *, channels: tuple[int, ...]) -> None:
+    def __init__(self, *, channels: tuple[int, ...], exchange: bool = True) -> None:
         super().__init__()
         self.channels = tuple(channels)
         self.input_norms = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
         self.transforms = nn.ModuleDict()
-        for i, c_out in enumerate(channels):
+        for i, c_out in enumerate(channels if exchange else ()):
             for j, c_in in enumerate(channels):
                 if j > i:
                     self.transforms[f"{j}to{i}"] = _conv_bn(c_in, c_out, 1, 1)
@@ -54,7 +55,7 @@ class MultiScaleFusion(nn.Module):
         for i, x_i in enumerate(normed):
             out = x_i
             for j, x_j in enumerate(normed):
-                if j == i:
+                if j == i or f"{j}to{i}" not in self.transforms:
                     continue
                 y = self.transforms[f"{j}to{i}"](x_j)
                 if j > i:

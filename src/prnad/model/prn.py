@@ -20,11 +20,17 @@ from prnad.model.prototypes import (
     nearest_patch,
     nearest_prototype,
     nearest_prototype_per_location,
+    no_prototype,
     residual,
 )
 from prnad.model.resize import resized, resized_sum
 
-MATCHERS = {"map": nearest_prototype, "location": nearest_prototype_per_location, "patch": nearest_patch}
+MATCHERS = {
+    "map": nearest_prototype,
+    "location": nearest_prototype_per_location,
+    "patch": nearest_patch,
+    "none": no_prototype,
+}
 SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the score and the map
 
 

@@ -162,6 +162,12 @@ def nearest_prototype_per_location(features: torch.Tensor, prototypes: torch.Ten
     return chosen[:, 0]
 
 
+def no_prototype(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """No prototype: the features themselves, so every residual is 0 and the head reads the features alone
+    (the paper's Table 4 without prototypes). features (B, C, H, W) -> the same tensor."""
+    return features
+
+
 def nearest_patch(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """At every location, the closest vector of a memory bank, wherever in the image it was seen (L2 over channels).
 

@@ -88,6 +88,13 @@ def _random_spatial(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     return np.asarray(moved), np.asarray(moved_mask) > 0
 
 
+def _area(size: int, rng: np.random.Generator, allowed: np.ndarray | None, config: SynthConfig) -> np.ndarray:
+    """A target area (:func:`target_area`), or with ``config.target_areas`` off the whole image (Table 5)."""
+    if not config.target_areas:
+        return np.ones((size, size), dtype=bool)
+    return target_area(size, rng, allowed=allowed, extent=config.target_area_size)
+
+
 def extended_anomaly(
     normal: np.ndarray,
     seen_image: np.ndarray,
@@ -110,7 +117,7 @@ def extended_anomaly(
     coloured = random_color_ops(seen_image, rng, EA_COLOR_OPS)
     for _ in range(config.max_tries):
         moved, moved_mask = _random_spatial(coloured, seen_mask, rng)
-        area = target_area(size, rng, allowed=allowed, extent=config.target_area_size)
+        area = _area(size, rng, allowed, config)
         mask = moved_mask & area
         if _big_enough(mask, config):
             break
@@ -145,7 +152,7 @@ def _perlin_anomaly(
     """
     size = normal.shape[0]
     for _ in range(config.max_tries):
-        area = target_area(size, rng, allowed=allowed, extent=config.target_area_size)
+        area = _area(size, rng, allowed, config)
         blobs = perlin_mask(size, rng, max_exponent=config.perlin_max_exponent, threshold=config.perlin_threshold)
         mask = blobs & area
         if _big_enough(mask, config):

@@ -74,6 +74,7 @@ def build_pool(
         "n_normal": len(normals),
         "calibration_normals": relative_paths([category.train[i] for i in held], category.root),
         "seen_anomalies": seen_rel,
+        "seen_defect_types": sorted({s.defect_type for s in seen}),
         "seen_sha256": {rel: file_sha256(s.path) for rel, s in zip(seen_rel, seen, strict=True)},
         "textures": config.data.textures or f"procedural ({N_PROCEDURAL_TEXTURES})",
     }
@@ -186,7 +187,7 @@ def validated_split(config: RunConfig) -> tuple[Category, tuple[Sample, ...]]:
     """Scan the data and check the protocol split and the batch mix, before any long work."""
     check_weights_source(config.model.encoder)
     category = scan_data(config.data)
-    seen, _ = held_out_split(category, config.data.seen_anomalies, config.train.seed)
+    seen, _ = held_out_split(category, config.data.seen_anomalies, config.train.seed, config.data.seen_defect_types)
     kind_fractions(config.synth, len(seen))
     try:
         holdout_indices(len(category.train), config.threshold.holdout_fraction, config.train.seed)
