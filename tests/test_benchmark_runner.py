@@ -128,7 +128,7 @@ def test_experiment_files_read_back_equal(tmp_path: Path):
     experiment = bench.Experiment(
         "e",
         (bench.Variant("v", preset="line", overrides={"train": {"iterations": 5}}),),
-        (bench.DatasetSpec("d", "data", ("a", "b"), layout="btad"),),
+        (bench.DatasetSpec("d", "data", ("a", "b"), layout="btad", overrides={"data": {"seen_anomalies": 3}}),),
         (0, 2),
     )
     assert bench.load_experiment(bench.write_experiment(tmp_path / "e.yaml", experiment)) == experiment

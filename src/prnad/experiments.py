@@ -52,12 +52,14 @@ class Variant:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """``root``/<category> for each of ``categories``; ``layout`` as ``data.layout`` (None: detected)."""
+    """``root``/<category> for each of ``categories``; ``layout`` as ``data.layout`` (None: detected);
+    ``overrides`` apply to every cell of this dataset (DRA's hard setting: the seen defect type)."""
 
     name: str
     root: str
     categories: tuple[str, ...]
     layout: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,14 @@ def _variant(values: Any, where: str) -> Variant:
 
 
 def _dataset(values: Any, where: str) -> DatasetSpec:
-    d = _fields(values, {"name", "root", "categories", "layout"}, {"name", "root", "categories"}, where)
+    d = _fields(values, {"name", "root", "categories", "layout", "overrides"}, {"name", "root", "categories"}, where)
     if d.get("layout") is not None and d["layout"] not in LAYOUTS:
         raise ConfigError(f"{where}: unknown layout '{d['layout']}'; layouts: {', '.join(LAYOUTS)}")
     categories = d["categories"]
     if not isinstance(categories, list) or not categories:
         raise ConfigError(f"{where}.categories: expected a non-empty list of category folders")
-    return DatasetSpec(str(d["name"]), str(d["root"]), tuple(str(c) for c in categories), d.get("layout"))
+    categories = tuple(str(c) for c in categories)
+    return DatasetSpec(str(d["name"]), str(d["root"]), categories, d.get("layout"), dict(d.get("overrides") or {}))
 
 
 def parse_experiment(values: dict[str, Any], where: str = "experiment") -> Experiment:
@@ -180,7 +183,7 @@ def cells(experiment: Experiment) -> list[Cell]:
 
 def cell_config(experiment: Experiment, cell: Cell) -> dict[str, Any]:
     """The cell's full run config as a nested dict (checked: unknown keys raise ConfigError)."""
-    overrides = merge(experiment.overrides, cell.variant.overrides)
+    overrides = merge(merge(experiment.overrides, cell.dataset.overrides), cell.variant.overrides)
     if cell.dataset.layout is not None:
         overrides = merge(overrides, {"data": {"layout": cell.dataset.layout}})
     config = make_config(
@@ -435,6 +438,6 @@ def write_experiment(path: str | Path, experiment: Experiment) -> Path:
     path = Path(path)
     values = to_dict(experiment)
     values["variants"] = [{k: v for k, v in to_dict(x).items() if v not in (None, {}, "")} for x in experiment.variants]
-    values["datasets"] = [{k: v for k, v in to_dict(x).items() if v is not None} for x in experiment.datasets]
+    values["datasets"] = [{k: v for k, v in to_dict(x).items() if v not in (None, {})} for x in experiment.datasets]
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
