@@ -109,6 +109,32 @@ def choose_on_the_others(data: dict) -> dict[str, dict]:
     return out
 
 
+def _mean_lines(data: dict) -> list[str]:
+    """Per category and rule, means over its runs (seeds): the metrics, the shares at the threshold, the F1
+    shortfall to the best threshold in hindsight, and in how many runs the good parts flagged stayed within
+    the run's 90 % bound."""
+    by_category: dict[str, list[dict]] = {}
+    for r in data["runs"].values():
+        by_category.setdefault(r["category"], []).append(r)
+    lines = ["", "Means over each category's runs (seeds):", ""]
+    lines += ["| category | seeds | I / P / PRO / AP | rule | good flagged | bound | within bound | F1 | best F1 |"]
+    lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for category, runs in sorted(by_category.items()):
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        metrics = " / ".join(
+            f"{np.mean([r['metrics'][k] for r in runs]):.2f}" for k in ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
+        )
+        for rule in runs[0]["rules"]:
+            rows = [r["rules"][rule] for r in runs]
+            within = sum(m["good_flagged"] <= 100 * m["promise"]["bound"] for m in rows)
+            lines.append(
+                f"| {category} | {seeds} | {metrics} | {rule} | {np.mean([m['good_flagged'] for m in rows]):.1f} | "
+                f"{100 * np.mean([m['promise']['bound'] for m in rows]):.1f} | {within} of {len(rows)} | "
+                f"{np.mean([m['f1'] for m in rows]):.1f} | {np.mean([m['f1_best'] for m in rows]):.1f} |"
+            )
+    return lines
+
+
 def _markdown(data: dict) -> str:
     lines = [
         f"# Image threshold rules at the line ({data['date']})",
@@ -129,6 +155,7 @@ def _markdown(data: dict) -> str:
                 f"({100 * p['bound']:.1f}) | {m['defective_missed']:.1f} ({m['fn']}) | {m['f1']:.1f} | "
                 f"{m['f1_best']:.1f} | {m['pixel_f1']:.1f} |"
             )
+    lines += _mean_lines(data)
     chosen = choose_on_the_others(data)
     if chosen:
         lines += ["", "Chosen on the other categories (smallest mean F1 shortfall there), measured here:", ""]
@@ -156,7 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--layout", type=Path, nargs="*", help="layout-anomaly sets, one per run (prnad layout-set)")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="calibration")
+    p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, measure nothing")
     args = p.parse_args(argv)
+    if args.report_only:
+        data = json.loads((args.results / f"{args.name}.json").read_text())
+        (args.results / f"{args.name}.md").write_text(_markdown(data))
+        return data
     layouts = args.layout or [None] * len(args.runs)
     if len(layouts) != len(args.runs):
         p.error("give one layout set per run, or none")
