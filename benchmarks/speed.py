@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import prnad
 from bottle import dotted_overrides  # alongside this file
@@ -54,23 +53,14 @@ from prnad.export import (
     export_openvino,
 )
 from prnad.model import build_encoder, build_prn
-from prnad.model.prn import PRN, SCORE_SCALES, fused_for_inference
+from prnad.model.prn import PRN, SCORE_SCALES, STAGES, fused_for_inference
 from prnad.utils import device_name, resolve_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 # Pause between two processes' turns: a process's OpenMP threads spin for a while after its last call, and
 # would take the cores from the next process's first calls.
 PAUSE_S = 0.2
-PARTS = (
-    "encoder",
-    "prototype matching",
-    "score banks",
-    "MF1 (features + residuals)",
-    "MSA",
-    "MF2",
-    "decoder",
-    "upsample + score",
-)
+PARTS = STAGES  # the model's own stages, in order
 
 
 def _sync(device: torch.device) -> None:
@@ -208,7 +198,7 @@ def runners(
 
 @torch.inference_mode()
 def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """Median ms of each part of PRN's forward on ``x``, run stage by stage (same order as PRN.forward)."""
+    """Median ms of each of the model's stages (``PRN.staged``) on ``x``."""
     times: dict[str, list[float]] = {p: [] for p in PARTS}
 
     def timed(part: str, fn: Callable, *args):
@@ -219,37 +209,10 @@ def profile_parts(model: PRN, x: torch.Tensor, device: torch.device, warmup: int
         times[part].append((time.perf_counter() - start) * 1000)
         return result
 
-    logits = None
+    out = None
     for _ in range(warmup + repeats):
-        encoded, bottom = timed("encoder", model.encoded, x)
-        features = model.head_features(encoded)
-        residuals = timed("prototype matching", model.residuals, features)
-        distances = timed("score banks", model.distance_maps, encoded)  # distance maps, or None
-        joint = timed(
-            "MF1 (features + residuals)",
-            lambda f, r: [
-                torch.cat([a, b], 1) for a, b in zip(model.feature_fusion(f), model.residual_fusion(r), strict=True)
-            ],
-            features,
-            residuals,
-        )
-        attended = timed("MSA", lambda j: [m(t) for m, t in zip(model.attention, j, strict=True)], joint)
-        fused = timed("MF2", model.output_fusion, attended)
-
-        def decode(b, skips):
-            y = b
-            for block, skip in zip(model.decoder.blocks, reversed(skips), strict=True):
-                y = block(y, skip)
-            return model.decoder.head(y)  # (B, 1, S/r, S/r), r the finest head stride
-
-        low = timed("decoder", decode, bottom, fused)
-        logits = timed(
-            "upsample + score",
-            lambda y, d: model.output(F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False), d),
-            low,
-            distances,
-        ).logits  # with score banks, the fused map
-    torch.testing.assert_close(logits, model(x).logits)  # the stages are the model
+        out = model.staged(x, timed)
+    torch.testing.assert_close(out.logits, model(x).logits)  # the stages are the model
     return {p: round(statistics.median(t[warmup:]), 3) for p, t in times.items()}
 
 

@@ -110,3 +110,22 @@ def test_the_hard_setting_reports_seen_and_unseen_types_apart(tiny_category: Pat
     assert result["seen_unseen"]["unseen_types"]["types"] == ["hole"]
     assert result["seen_unseen"]["unseen_types"]["images"] == result["per_type"]["hole"]["images"]
     assert result["seen_unseen"]["unseen_types"]["image_auroc"] == result["per_type"]["hole"]["image_auroc"]
+
+
+@pytest.mark.parametrize("banks", [0, 8])
+def test_the_staged_forward_is_the_model(banks: int):
+    """PRN.staged calls each stage once, in order, and gives the forward pass's output (what speed.py times)."""
+    from prnad.model.prn import STAGES
+
+    model = _model(prototype_match="patch", score_bank_size=banks)
+    if banks:
+        channels = [model.encoder.channels[i] for i in (1, 2)]
+        model.set_score_banks([torch.rand(banks, c) for c in channels])
+    images = torch.rand(2, 3, 64, 64)
+    called = []
+    with torch.inference_mode():
+        staged = model.staged(images, lambda name, fn, *args: called.append(name) or fn(*args))
+        whole = model(images)
+    assert called == list(STAGES)
+    torch.testing.assert_close(staged.logits, whole.logits)
+    torch.testing.assert_close(staged.score, whole.score)

@@ -67,8 +67,11 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(channels[-1], 1, 1)
 
     def forward(self, bottom: torch.Tensor | None, skips: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        return resized(self.low_res(bottom, skips), size)  # bilinear, as two matmuls: (B, 1, S, S)
+
+    def low_res(self, bottom: torch.Tensor | None, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The logits at the finest skip's resolution, before the upsampling to S: (B, 1, S/r, S/r)."""
         x = bottom
         for block, skip in zip(self.blocks, reversed(skips), strict=True):
             x = block(x, skip)
-        x = self.head(x)  # (B, 1, S/r, S/r), r the finest skip's stride
-        return resized(x, size)  # bilinear, as two matmuls: (B, 1, S, S)
+        return self.head(x)

@@ -32,6 +32,21 @@ MATCHERS = {
     "none": no_prototype,
 }
 SCORE_SCALES = (1, 2)  # the encoder scales (strides 8 and 16) whose memory banks enter the score and the map
+# The stages of one forward pass, in order (:meth:`PRN.staged`): what a profiler times part by part
+STAGES = (
+    "encoder",
+    "prototype matching",
+    "score banks",
+    "MF1 (features + residuals)",
+    "MSA",
+    "MF2",
+    "decoder",
+    "upsample + score",
+)
+
+
+def _run_stage(name: str, fn, *args):
+    return fn(*args)
 
 
 @dataclass
@@ -278,12 +293,32 @@ class PRN(nn.Module):
 
     def head(self, parts: FrozenParts, size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """The trained part: MF1 on features and residuals, MSA, MF2, decoder; logits (B, 1, *size)."""
-        fused_f = self.feature_fusion(parts.features)
-        fused_r = self.residual_fusion(parts.residuals)
-        joint = [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]  # (B, 2C_i, H_i, W_i)
-        attended = [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
-        fused = self.output_fusion(attended)
+        fused = self.output_fusion(self.attend(self.fuse_inputs(parts.features, parts.residuals)))
         return self.decoder(parts.bottom, fused, size)
+
+    def fuse_inputs(self, features: list[torch.Tensor], residuals: list[torch.Tensor]) -> list[torch.Tensor]:
+        """MF1 on the features and, apart, on the residuals, joined per scale: (B, 2C_i, H_i, W_i) each."""
+        fused_f = self.feature_fusion(features)
+        fused_r = self.residual_fusion(residuals)
+        return [torch.cat([f, r], dim=1) for f, r in zip(fused_f, fused_r, strict=True)]
+
+    def attend(self, joint: list[torch.Tensor]) -> list[torch.Tensor]:
+        """MSA at each scale; shapes kept."""
+        return [msa(x) for msa, x in zip(self.attention, joint, strict=True)]
+
+    def staged(self, images: torch.Tensor, run_stage=_run_stage) -> PRNOutput:
+        """The eval forward pass of ``images`` (B, 3, S, S), each of :data:`STAGES` called as
+        ``run_stage(name, fn, *args)`` (a profiler times them); the same output as ``self(images)``."""
+        _check_images(images)
+        encoded, bottom = run_stage(STAGES[0], self.encoded, images)
+        features = self.head_features(encoded)
+        residuals = run_stage(STAGES[1], self.residuals, features)
+        maps = run_stage(STAGES[2], self.distance_maps, encoded)  # n_banks x (B, 1, h_i, w_i) or None
+        joint = run_stage(STAGES[3], self.fuse_inputs, features, residuals)
+        attended = run_stage(STAGES[4], self.attend, joint)
+        fused = run_stage(STAGES[5], self.output_fusion, attended)
+        low = run_stage(STAGES[6], self.decoder.low_res, bottom, fused)  # (B, 1, S/r, S/r)
+        return run_stage(STAGES[7], lambda y, m: self.output(resized(y, images.shape[-2:]), m), low, maps)
 
     def forward(self, images: torch.Tensor) -> PRNOutput:
         return self.output(*self.decode(images))
