@@ -94,7 +94,7 @@ def test_a_killed_cell_and_a_changed_config_are_run_again(local_run, tmp_path: P
     experiment, out, data = local_run
     ran = []
     kept = {k: v for k, v in data["cells"][0].items() if k not in CELL_KEYS}
-    monkeypatch.setattr(bench, "run_cell", lambda config, run_dir: ran.append(run_dir) or kept)
+    monkeypatch.setattr(bench, "run_cell", lambda config, run_dir, engines: ran.append(run_dir) or kept)
     (out / "cells" / "small__tiny__beta__seed1.json").unlink()  # as if killed before its record was written
     prnad.benchmark(experiment, out)
     assert ran == [str(out / "runs" / "small" / "tiny" / "beta" / "seed1")]
@@ -158,3 +158,21 @@ def test_every_committed_experiment_file_builds_each_cells_config(path: Path, mo
     assert len(configs) == len(experiment.variants) * len(experiment.seeds) * sum(
         len(d.categories) for d in experiment.datasets
     )
+
+
+def test_an_experiment_measures_every_engine_and_adds_one_without_training(two_categories, tmp_path, monkeypatch):
+    """engines: each run evaluated through every engine (metrics and ms per image in one more table); adding an
+    engine to a finished experiment evaluates the runs through it, and trains nothing."""
+    pytest.importorskip("onnxruntime")
+    datasets = [{"name": "tiny", "root": str(two_categories), "categories": ["alpha"]}]
+    experiment = _experiment_file(tmp_path, two_categories, seeds=[0], datasets=datasets)
+    prnad.benchmark(experiment, tmp_path / "out")
+    _experiment_file(tmp_path, two_categories, seeds=[0], datasets=datasets, engines=["torch", "onnxruntime"])
+    monkeypatch.setattr(bench, "run_cell", lambda *a: pytest.fail("a finished cell was trained again"))
+    data = prnad.benchmark(experiment, tmp_path / "out")
+    summary = data["tables"]["tiny"]["alpha"]["small"]
+    onnx = summary["engines"]["onnxruntime"]
+    for key in ("image_auroc", "pixel_auroc", "pro", "pixel_ap"):
+        assert onnx[key]["mean"] == pytest.approx(summary[key]["mean"], abs=0.5)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| alpha | small | onnxruntime |" in report and "| alpha | small | torch |" in report

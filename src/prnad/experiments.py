@@ -32,6 +32,7 @@ import yaml
 
 from prnad.config import LAYOUTS, PRESETS, load_yaml, make_config, merge, to_dict
 from prnad.errors import ConfigError
+from prnad.export import ENGINES
 
 METRICS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap")
 METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "pixel_ap": "pixel AP"}
@@ -65,7 +66,8 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class Experiment:
     """What :func:`load_experiment` reads. ``reference``: {dataset: {category: {metric: value}}} printed beside
-    ours, under the name ``reference_name``."""
+    ours, under the name ``reference_name``. ``engines``: every run is evaluated through each (the first gives
+    the main table; the others add their metrics and ms per image: the engines' agreement and speed)."""
 
     name: str
     variants: tuple[Variant, ...]
@@ -75,6 +77,7 @@ class Experiment:
     description: str = ""
     reference: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     reference_name: str = "reference"
+    engines: tuple[str, ...] = ("torch",)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def _dataset(values: Any, where: str) -> DatasetSpec:
 def parse_experiment(values: dict[str, Any], where: str = "experiment") -> Experiment:
     """An :class:`Experiment` from a nested dict (an experiment file's content); unknown keys are errors."""
     allowed = {"name", "description", "variants", "datasets", "seeds", "overrides", "reference", "reference_name"}
+    allowed |= {"engines"}
     e = _fields(values, allowed, {"name", "variants", "datasets", "seeds"}, where)
     for key in ("variants", "datasets", "seeds"):
         if not isinstance(e[key], list) or not e[key]:
@@ -153,6 +157,10 @@ def parse_experiment(values: dict[str, Any], where: str = "experiment") -> Exper
     _names(list(datasets), f"{where}.datasets")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in e["seeds"]):
         raise ConfigError(f"{where}.seeds: expected a list of integers, got {e['seeds']}")
+    engines = tuple(e.get("engines") or ("torch",))
+    unknown = [x for x in engines if x not in ENGINES]
+    if unknown or len(set(engines)) != len(engines):
+        raise ConfigError(f"{where}.engines: expected distinct engines among {', '.join(ENGINES)}, got {list(engines)}")
     return Experiment(
         name=str(e["name"]),
         variants=variants,
@@ -162,6 +170,7 @@ def parse_experiment(values: dict[str, Any], where: str = "experiment") -> Exper
         description=str(e.get("description") or ""),
         reference=dict(e.get("reference") or {}),
         reference_name=str(e.get("reference_name") or "reference"),
+        engines=engines,
     )
 
 
@@ -196,18 +205,17 @@ def _config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_cell(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def run_cell(config: dict[str, Any], run_dir: str, engines: tuple[str, ...] = ("torch",)) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (from the start: a folder left by a killed run is replaced), evaluate
-    it on its held-out test split, and return what the report needs of it. A plain function of plain values,
-    so that a Ray worker can run it."""
-    from prnad.inference import Detector
+    it on its held-out test split through each of ``engines``, and return what the report needs of it. A plain
+    function of plain values, so that a Ray worker can run it."""
     from prnad.training import train  # training is imported only by who trains
 
     started = time.perf_counter()
     train(make_config(config), run_dir, overwrite=True, progress=False)
-    detector = Detector.from_run(run_dir, device=config["train"]["device"])
     wall = time.perf_counter() - started
-    result = detector.evaluate()
+    results = engine_results(run_dir, engines, config["train"]["device"])
+    result = results.pop(engines[0])
     image = (result.get("at_threshold") or {}).get("image") or {}
     return {
         "metrics": result["metrics"],
@@ -216,14 +224,39 @@ def run_cell(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
             k: image.get(k) for k in ("f1", "f1_best", "precision", "recall", "good_flagged", "defective_missed")
         }
         | {"promised_bound": (image.get("promise") or {}).get("bound")},
-        "train_minutes": round(detector.info.get("train_seconds", wall) / 60, 2),
+        "train_minutes": round(result["train_info"].get("train_seconds", wall) / 60, 2),
         "wall_minutes": round(wall / 60, 2),
+        "engine": engines[0],
         "ms_per_image": result["inference_ms_per_image"],
+        "engines": {name: _engine_entry(r) for name, r in results.items()},
         "device": result["device"],
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
         "date": dt.date.today().isoformat(),
         "prnad_version": result["prnad_version"],
     }
+
+
+def engine_results(run_dir: str | Path, engines: tuple[str, ...], device: str = "auto") -> dict[str, dict[str, Any]]:
+    """The evaluation of the run in ``run_dir`` through each of ``engines`` (the exported ones on the CPU)."""
+    from prnad.inference import Detector
+
+    return {name: Detector.from_run(run_dir, device=device, engine=name).evaluate() for name in engines}
+
+
+def _engine_entry(result: dict[str, Any]) -> dict[str, Any]:
+    return {"metrics": result["metrics"], "ms_per_image": result["inference_ms_per_image"]}
+
+
+def _with_engines(record: dict[str, Any], run_dir: Path, engines: tuple[str, ...]) -> dict[str, Any] | None:
+    """``record`` completed with the engines it lacks (evaluated here, no training); None if it was made with
+    another first engine (its main figures would be another engine's)."""
+    if record.get("engine", "torch") != engines[0]:
+        return None
+    missing = tuple(e for e in engines[1:] if e not in record.get("engines", {}))
+    if not missing:
+        return record
+    added = {name: _engine_entry(r) for name, r in engine_results(run_dir, missing, "cpu").items()}
+    return record | {"engines": {**record.get("engines", {}), **added}}
 
 
 def _record_path(out: Path, cell: Cell) -> Path:
@@ -259,14 +292,16 @@ def _cell_fields(cell: Cell, config_hash: str) -> dict[str, Any]:
     }
 
 
-def _run_local(todo: list[tuple[Cell, dict, str]], out: Path, log) -> None:
+def _run_local(todo: list[tuple[Cell, dict, str]], out: Path, log, engines: tuple[str, ...]) -> None:
     for i, (cell, config, config_hash) in enumerate(todo, 1):
         log(f"benchmark: cell {i}/{len(todo)} {cell.id} ...")
-        record = run_cell(config, str(cell.run_dir(out)))
+        record = run_cell(config, str(cell.run_dir(out)), engines)
         write_record(out, cell, _cell_fields(cell, config_hash) | record)
 
 
-def _run_ray(todo: list[tuple[Cell, dict, str]], out: Path, log, address: str | None, cpus_per_cell: float) -> None:
+def _run_ray(
+    todo: list[tuple[Cell, dict, str]], out: Path, log, engines: tuple[str, ...], address: str | None, cpus: float
+) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -275,8 +310,8 @@ def _run_ray(todo: list[tuple[Cell, dict, str]], out: Path, log, address: str | 
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        task = ray.remote(num_cpus=cpus_per_cell, max_retries=0)(run_cell)
-        pending = {task.remote(config, str(cell.run_dir(out))): (cell, h) for cell, config, h in todo}
+        task = ray.remote(num_cpus=cpus, max_retries=0)(run_cell)
+        pending = {task.remote(config, str(cell.run_dir(out)), engines): (cell, h) for cell, config, h in todo}
         log(f"benchmark: {len(pending)} cells submitted to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
@@ -314,12 +349,20 @@ def run_experiment(
     for cell in cells(experiment):
         config = cell_config(experiment, cell)
         planned.append((cell, config, _config_hash(config)))
-    todo = [(c, cfg, h) for c, cfg, h in planned if read_record(out, c, h) is None]
+    engines = experiment.engines
+    todo = []
+    for cell, config, config_hash in planned:
+        record = read_record(out, cell, config_hash)
+        completed = None if record is None else _with_engines(record, cell.run_dir(out), engines)
+        if completed is None:
+            todo.append((cell, config, config_hash))
+        elif completed is not record:
+            write_record(out, cell, completed)
     log(f"benchmark {experiment.name}: {len(planned)} cells, {len(planned) - len(todo)} already done")
     if todo and executor == "local":
-        _run_local(todo, out, log)
+        _run_local(todo, out, log, engines)
     elif todo:
-        _run_ray(todo, out, log, address, cpus_per_cell)
+        _run_ray(todo, out, log, engines, address, cpus_per_cell)
     records = [read_record(out, c, h) for c, _, h in planned]
     data = summarise(experiment, [r for r in records if r is not None], command)
     write_report(Path(report or out), data)
@@ -346,6 +389,13 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = _spread(values) if values else None
     out["train_minutes"] = _spread([r["train_minutes"] for r in records])
     out["ms_per_image"] = _spread([r["ms_per_image"] for r in records])
+    out["engines"] = {}
+    for name in sorted({n for r in records for n in r.get("engines", {})}):
+        entries = [r["engines"][name] for r in records if name in r.get("engines", {})]
+        out["engines"][name] = {
+            key: _spread([e["metrics"][key] for e in entries]) if entries[0]["metrics"].get(key) is not None else None
+            for key in METRICS
+        } | {"ms_per_image": _spread([e["ms_per_image"] for e in entries])}
     return out
 
 
@@ -369,6 +419,7 @@ def summarise(experiment: Experiment, records: list[dict[str, Any]], command: st
         "overrides": experiment.overrides,
         "reference_name": experiment.reference_name,
         "reference": experiment.reference,
+        "engines": list(experiment.engines),
         "tables": tables,
         "cells": sorted(records, key=lambda r: r["cell"]),
         "command": command,
@@ -407,6 +458,25 @@ def table_lines(data: dict[str, Any], dataset: str) -> list[str]:
     return lines
 
 
+def engine_lines(data: dict[str, Any], dataset: str) -> list[str]:
+    """The engines table of one dataset: per category and variant, each engine's metrics (mean over seeds) and
+    ms per image; empty with one engine."""
+    engines = data.get("engines", ["torch"])
+    if len(engines) < 2:
+        return []
+    head = ["category", "model", "engine", *(METRIC_TITLES[m] for m in METRICS), "ms / image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for category, row in data["tables"][dataset].items():
+        for variant, s in row.items():
+            for name in engines:
+                e = s if name == engines[0] else s["engines"].get(name)
+                if e is None:
+                    continue
+                cells_ = [category, variant, name, *(_mean_sd(e[m]) for m in METRICS), _mean_sd(e["ms_per_image"])]
+                lines.append("| " + " | ".join(cells_) + " |")
+    return ["Engines (the same runs through each engine):", "", *lines, ""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = [f"# {data['experiment']}", ""]
     if data["description"]:
@@ -420,7 +490,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     for dataset in data["tables"]:
-        lines += [f"## {dataset}", "", *table_lines(data, dataset), ""]
+        lines += [f"## {dataset}", "", *table_lines(data, dataset), "", *engine_lines(data, dataset)]
     machines = sorted({f"{r['machine']}, {r['device']}" for r in data["cells"]})
     lines += ["Machines: " + "; ".join(machines) + ".", ""]
     return "\n".join(lines)
