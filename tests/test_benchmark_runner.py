@@ -90,20 +90,36 @@ def test_a_second_call_redoes_nothing(local_run, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == before
 
 
+def test_a_finished_run_without_its_record_is_evaluated_not_trained(local_run, monkeypatch):
+    """A cell whose run folder holds a finished run of its config (killed while evaluated, or trained by
+    `prnad train` and put there) gets its record from an evaluation; training it is not called."""
+    experiment, out, data = local_run
+    (out / "cells" / "small__tiny__alpha__seed0.json").unlink()
+    monkeypatch.setattr("prnad.training.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = prnad.benchmark(experiment, out)
+    assert (
+        again["tables"]["tiny"]["alpha"]["small"]["image_auroc"]
+        == data["tables"]["tiny"]["alpha"]["small"]["image_auroc"]
+    )
+    record = json.loads((out / "cells" / "small__tiny__alpha__seed0.json").read_text())
+    assert record["wall_minutes"] is None and record["train_minutes"] > 0
+
+
 def test_a_killed_cell_and_a_changed_config_are_run_again(local_run, tmp_path: Path, monkeypatch):
     experiment, out, data = local_run
     ran = []
     kept = {k: v for k, v in data["cells"][0].items() if k not in CELL_KEYS}
-    monkeypatch.setattr(bench, "run_cell", lambda config, run_dir, engines: ran.append(run_dir) or kept)
+    monkeypatch.setattr(bench, "run_cell", lambda config, run_dir, engines, train: ran.append((run_dir, train)) or kept)
     (out / "cells" / "small__tiny__beta__seed1.json").unlink()  # as if killed before its record was written
+    (out / "runs" / "small" / "tiny" / "beta" / "seed1" / "model.safetensors").unlink()  # ... and its training
     prnad.benchmark(experiment, out)
-    assert ran == [str(out / "runs" / "small" / "tiny" / "beta" / "seed1")]
+    assert ran == [(str(out / "runs" / "small" / "tiny" / "beta" / "seed1"), True)]
     changed = bench.load_experiment(experiment)
     variant = bench.Variant("small", overrides=bench.merge(FAST, {"train": {"iterations": 3}}))
     changed = bench.Experiment(changed.name, (variant,), changed.datasets, changed.seeds)
     ran.clear()
     bench.run_experiment(changed, out, log=lambda line: None)
-    assert len(ran) == 4  # every cell's config changed
+    assert len(ran) == 4 and all(train for _, train in ran)  # every cell's config changed: trained again
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -580,3 +580,12 @@ def make_config(
     if seed is not None:
         top = merge(top, {"train": {"seed": seed}})
     return build_config(preset_layer(preset), _layer(config), overrides or {}, top)
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with its data and texture folders made absolute, so that the run it records can be
+    evaluated or resumed from any working directory."""
+    data = config.data
+    textures = None if data.textures is None else str(Path(data.textures).resolve())
+    root = str(Path(data.root).resolve()) if data.root else data.root
+    return replace(config, data=replace(data, root=root, textures=textures))

@@ -9,8 +9,9 @@ pixel AP, the decisions at the fitted thresholds, training minutes and ms per im
 
 Where everything goes, below ``out``: ``runs/<variant>/<dataset>/<category>/seed<k>`` (the run folders),
 ``cells/<cell id>.json`` (one record per finished cell: what the report is made of; a cell with a record is
-skipped, so a second call redoes nothing) and ``report.md`` / ``report.json``. A killed cell leaves no record
-and is trained again from the start. Cells run one after another (``executor="local"``) or as Ray tasks
+skipped, so a second call redoes nothing) and ``report.md`` / ``report.json``. A cell without a record whose
+run folder holds a finished run of the cell's config is evaluated, not trained (a run killed while it was
+evaluated, or a run made by ``prnad train`` and put there); any other is trained again from the start. Cells run one after another (``executor="local"``) or as Ray tasks
 (``executor="ray"``: Ray's own scheduling, one cell a task, the records written by the driver as tasks end).
 Paths in the file are relative to the current directory, as every prnad path.
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from prnad.config import LAYOUTS, PRESETS, load_yaml, make_config, merge, to_dict
+from prnad.config import LAYOUTS, PRESETS, load_yaml, make_config, merge, to_dict, with_absolute_paths
 from prnad.errors import ConfigError
 from prnad.export import ENGINES
 
@@ -205,14 +206,27 @@ def _config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_cell(config: dict[str, Any], run_dir: str, engines: tuple[str, ...] = ("torch",)) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir`` (from the start: a folder left by a killed run is replaced), evaluate
-    it on its held-out test split through each of ``engines``, and return what the report needs of it. A plain
-    function of plain values, so that a Ray worker can run it."""
-    from prnad.training import train  # training is imported only by who trains
+def finished_run(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a finished training of ``config`` (its model file, and the config it recorded
+    equal to ``config`` with its data folders made absolute, as training records them)."""
+    recorded = run_dir / "config.yaml"
+    if not (run_dir / "model.safetensors").is_file() or not recorded.is_file():
+        return False
+    return yaml.safe_load(recorded.read_text()) == to_dict(with_absolute_paths(make_config(config)))
 
+
+def run_cell(
+    config: dict[str, Any], run_dir: str, engines: tuple[str, ...] = ("torch",), *, train: bool = True
+) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` (from the start: a folder left by a killed run is replaced; ``train``
+    False: the folder holds its finished run already), evaluate it on its held-out test split through each of
+    ``engines``, and return what the report needs of it. A plain function of plain values, so that a Ray
+    worker can run it."""
     started = time.perf_counter()
-    train(make_config(config), run_dir, overwrite=True, progress=False)
+    if train:
+        from prnad.training import train as train_run  # training is imported only by who trains
+
+        train_run(make_config(config), run_dir, overwrite=True, progress=False)
     wall = time.perf_counter() - started
     results = engine_results(run_dir, engines, config["train"]["device"])
     result = results.pop(engines[0])
@@ -225,7 +239,7 @@ def run_cell(config: dict[str, Any], run_dir: str, engines: tuple[str, ...] = ("
         }
         | {"promised_bound": (image.get("promise") or {}).get("bound")},
         "train_minutes": round(result["train_info"].get("train_seconds", wall) / 60, 2),
-        "wall_minutes": round(wall / 60, 2),
+        "wall_minutes": round(wall / 60, 2) if train else None,
         "engine": engines[0],
         "ms_per_image": result["inference_ms_per_image"],
         "engines": {name: _engine_entry(r) for name, r in results.items()},
@@ -294,8 +308,9 @@ def _cell_fields(cell: Cell, config_hash: str) -> dict[str, Any]:
 
 def _run_local(todo: list[tuple[Cell, dict, str]], out: Path, log, engines: tuple[str, ...]) -> None:
     for i, (cell, config, config_hash) in enumerate(todo, 1):
-        log(f"benchmark: cell {i}/{len(todo)} {cell.id} ...")
-        record = run_cell(config, str(cell.run_dir(out)), engines)
+        train = not finished_run(cell.run_dir(out), config)
+        log(f"benchmark: cell {i}/{len(todo)} {cell.id} ({'train and evaluate' if train else 'evaluate its run'}) ...")
+        record = run_cell(config, str(cell.run_dir(out)), engines, train=train)
         write_record(out, cell, _cell_fields(cell, config_hash) | record)
 
 
@@ -311,7 +326,11 @@ def _run_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         task = ray.remote(num_cpus=cpus, max_retries=0)(run_cell)
-        pending = {task.remote(config, str(cell.run_dir(out)), engines): (cell, h) for cell, config, h in todo}
+        pending = {}
+        for cell, config, config_hash in todo:
+            run_dir = cell.run_dir(out)
+            ref = task.remote(config, str(run_dir), engines, train=not finished_run(run_dir, config))
+            pending[ref] = (cell, config_hash)
         log(f"benchmark: {len(pending)} cells submitted to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from prnad.checkpoint import load_checkpoint, save_checkpoint
-from prnad.config import RunConfig, build_config, to_dict
+from prnad.config import RunConfig, build_config, to_dict, with_absolute_paths
 from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_data
 from prnad.errors import ConfigError, DataError, TrainingError
 from prnad.fitting import compute_prototypes, compute_score_banks
@@ -206,15 +206,6 @@ def describe(category: Category, seen: tuple[Sample, ...]) -> str:
         f"data: {category.root} read as {category.layout}: {len(category.train)} normal training images, "
         f"{len(seen)} seen anomalies from {where}, {len(category.test)} test images ({defects} defective)"
     )
-
-
-def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """``config`` with its data and texture folders made absolute, so that the run it records can be
-    evaluated or resumed from any working directory."""
-    data = config.data
-    textures = None if data.textures is None else str(Path(data.textures).resolve())
-    root = str(Path(data.root).resolve()) if data.root else data.root
-    return replace(config, data=replace(data, root=root, textures=textures))
 
 
 def train(
