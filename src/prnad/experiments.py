@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from prnad.config import LAYOUTS, PRESETS, load_yaml, make_config, merge, to_dict, with_absolute_paths
+from prnad.config import LAYOUTS, PRESETS, build_config, load_yaml, make_config, merge, to_dict, with_absolute_paths
 from prnad.errors import ConfigError
 from prnad.export import ENGINES
 
@@ -207,12 +207,17 @@ def _config_hash(config: dict[str, Any]) -> str:
 
 
 def finished_run(run_dir: Path, config: dict[str, Any]) -> bool:
-    """Whether ``run_dir`` holds a finished training of ``config`` (its model file, and the config it recorded
-    equal to ``config`` with its data folders made absolute, as training records them)."""
+    """Whether ``run_dir`` holds a finished training of ``config`` (its model file, and the config it recorded,
+    with the defaults of fields added since, equal to ``config`` with its data folders made absolute, as
+    training records them)."""
     recorded = run_dir / "config.yaml"
     if not (run_dir / "model.safetensors").is_file() or not recorded.is_file():
         return False
-    return yaml.safe_load(recorded.read_text()) == to_dict(with_absolute_paths(make_config(config)))
+    try:
+        stored = to_dict(build_config(yaml.safe_load(recorded.read_text())))
+    except ConfigError:  # a config of another prnad: not this cell's run
+        return False
+    return stored == to_dict(with_absolute_paths(make_config(config)))
 
 
 def run_cell(
