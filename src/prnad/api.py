@@ -14,7 +14,7 @@ from typing import Any
 from prnad.config import PRESETS, ConfigSource, make_config
 from prnad.evaluate import format_table
 from prnad.experiments import markdown as format_report  # the text of a benchmark report
-from prnad.experiments import run_experiment
+from prnad.experiments import run_experiment as benchmark  # prnad.benchmark(experiment, out, ...)
 from prnad.export import ENGINES, SPIN_MODES  # what load() takes as engine and spin
 from prnad.inference import Detector, Prediction
 from prnad.predict import predict_to_folder
@@ -205,32 +205,6 @@ def synth_preview(
         seen_anomalies=seen_anomalies,
         image_size=image_size,
         category_type=category_type,
-    )
-
-
-def benchmark(
-    experiment: str | Path,
-    out: str | Path | None = None,
-    *,
-    report: str | Path | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    cpus_per_cell: float = 1,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Run an experiment file (model variants x datasets and categories x seeds; :mod:`prnad.experiments`): every
-    cell without a record in ``out`` (default ``runs/<experiment name>``) is trained and evaluated, and the
-    report (``report.md``, ``report.json``) is written into ``report`` (default ``out``); returns its content.
-    ``executor="ray"`` runs the cells as Ray tasks on the cluster at ``address`` (None: a local Ray), each
-    asking for ``cpus_per_cell`` CPUs. ``command`` is recorded in the report as the call that made it."""
-    return run_experiment(
-        experiment,
-        out,
-        report=report,
-        executor=executor,
-        address=address,
-        cpus_per_cell=cpus_per_cell,
-        command=command,
     )
 
 
