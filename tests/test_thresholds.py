@@ -381,3 +381,17 @@ def test_calibrate_refits_the_thresholds_of_a_trained_run(tiny_category: Path, t
         prnad.calibrate(tmp_path / "run", {"holdout_fraction": 0.5})
     with pytest.raises(ConfigError, match="max_false_alarm_rate"):
         prnad.calibrate(tmp_path / "run", {"max_false_alarm_rate": 2})
+
+
+def test_the_calibration_pool_alone_is_build_pools(tiny_config):
+    """prnad calibrate reads only the held-out normals: the pool it builds equals the one training built."""
+    import numpy as np
+
+    from prnad.training import trainer
+
+    category, seen = trainer.validated_split(tiny_config)
+    _, expected, info = trainer.build_pool(tiny_config, category, seen, np.random.default_rng(0))
+    alone, held = trainer.calibration_pool(tiny_config, category, seen, info["category_type"], np.random.default_rng(0))
+    assert held == info["calibration_normals"]
+    for name in ("normals", "foreground", "seen_images", "seen_masks", "textures"):
+        np.testing.assert_array_equal(getattr(alone, name), getattr(expected, name))

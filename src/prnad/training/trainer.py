@@ -56,10 +56,7 @@ def build_pool(
     category_type = config.data.category_type
     if category_type == "auto":
         category_type = detect_category_type(normals)
-    if config.data.textures:
-        textures = load_textures(config.data.textures, size)
-    else:
-        textures = procedural_textures(N_PROCEDURAL_TEXTURES, size, rng)
+    textures = _textures(config, rng)
     pool = TrainingPool(normals, foreground_masks(normals, category_type), seen_images, seen_masks, textures)
     calibration = None
     if len(held):
@@ -79,6 +76,29 @@ def build_pool(
         "textures": config.data.textures or f"procedural ({N_PROCEDURAL_TEXTURES})",
     }
     return pool, calibration, info
+
+
+def _textures(config: RunConfig, rng: np.random.Generator) -> np.ndarray:
+    """HEA's textures: the config's folder, or procedural ones drawn from ``rng``."""
+    if config.data.textures:
+        return load_textures(config.data.textures, config.data.image_size)
+    return procedural_textures(N_PROCEDURAL_TEXTURES, config.data.image_size, rng)
+
+
+def calibration_pool(
+    config: RunConfig, category: Category, seen: tuple, category_type: str, rng: np.random.Generator
+) -> tuple[TrainingPool, list[str]]:
+    """The calibration pool of :func:`build_pool` alone (the held-out normals, the seen anomalies, the textures),
+    without reading the training images: for a finished run, whose ``category_type`` is recorded. Returns it
+    and the held-out normals' paths relative to the category."""
+    size = config.data.image_size
+    held = holdout_indices(len(category.train), config.threshold.holdout_fraction, config.train.seed)
+    samples = [category.train[i] for i in held]
+    held_normals, _ = load_samples(samples, size)
+    seen_images, seen_masks = load_samples(seen, size)
+    fg = foreground_masks(held_normals, category_type)
+    pool = TrainingPool(held_normals, fg, seen_images, seen_masks, _textures(config, rng))
+    return pool, relative_paths(samples, category.root)
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -263,14 +283,12 @@ def recalibrate(run_dir: str | Path, threshold: dict[str, Any], *, device: str =
             f"{ckpt.config.threshold.holdout_fraction}, > 0); train again to hold out another share"
         )
     category, seen = validated_split(config)
-    pool, calibration, info = build_pool(config, category, seen, np.random.default_rng(config.train.seed))
-    if (info["seen_anomalies"], info["calibration_normals"]) != (
-        ckpt.info["seen_anomalies"],
-        ckpt.info["calibration_normals"],
-    ):
+    rng = np.random.default_rng(config.train.seed)
+    calibration, held = calibration_pool(config, category, seen, ckpt.info["category_type"], rng)
+    if (relative_paths(seen, category.root), held) != (ckpt.info["seen_anomalies"], ckpt.info["calibration_normals"]):
         raise DataError(f"{config.data.root}: the data changed since training (other seen anomalies or normals)")
     info = dict(ckpt.info)
-    fit_score_and_thresholds(ckpt.model, pool, calibration, config, torch_device, info, banks=False)
+    fit_score_and_thresholds(ckpt.model, None, calibration, config, torch_device, info, banks=False)
     paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     return save_checkpoint(paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
 
@@ -318,7 +336,7 @@ def with_score_banks(
 
 def fit_score_and_thresholds(
     model: PRN,
-    pool: TrainingPool,
+    pool: TrainingPool | None,
     calibration: TrainingPool | None,
     config: RunConfig,
     device: torch.device,
@@ -330,7 +348,7 @@ def fit_score_and_thresholds(
     standardisation (on the held-out normals); then the thresholds. Neither touches the trained weights (the
     banks only enter the score and the reported map, never the loss), so this also serves a trained model.
     Records both in ``info``, and the seconds the banks took (``score_bank_seconds``). ``banks`` False keeps
-    the model's banks (a run being recalibrated)."""
+    the model's banks (a run being recalibrated; ``pool``, the training images, is then not read)."""
     out_of_sample = None
     if config.model.score_bank_size > 0:
         started = time.perf_counter()
