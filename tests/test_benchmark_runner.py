@@ -192,3 +192,17 @@ def test_an_experiment_measures_every_engine_and_adds_one_without_training(two_c
         assert onnx[key]["mean"] == pytest.approx(summary[key]["mean"], abs=0.5)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| alpha | small | onnxruntime |" in report and "| alpha | small | torch |" in report
+
+
+def test_the_hard_setting_reports_seen_and_unseen_types(two_categories, tmp_path):
+    """A dataset entry drawing every seen anomaly from one type: the report adds that run's metrics on the seen
+    and the unseen types."""
+    hard = {"data": {"seen_defect_types": ["scratch"]}}
+    datasets = [{"name": "hard", "root": str(two_categories), "categories": ["alpha"], "overrides": hard}]
+    experiment = _experiment_file(tmp_path, two_categories, seeds=[0], datasets=datasets)
+    data = prnad.benchmark(experiment, tmp_path / "out")
+    groups = data["cells"][0]["seen_unseen"]
+    assert (groups["seen_types"]["types"], groups["unseen_types"]["types"]) == (["scratch"], ["hole"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| small__hard__alpha__seed0 | seen: scratch |" in report
+    assert "| small__hard__alpha__seed0 | unseen: hole |" in report

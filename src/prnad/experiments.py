@@ -239,6 +239,7 @@ def run_cell(
     return {
         "metrics": result["metrics"],
         "per_type": result["per_type"],
+        "seen_unseen": result.get("seen_unseen"),
         "decisions": {
             k: image.get(k) for k in ("f1", "f1_best", "precision", "recall", "good_flagged", "defective_missed")
         }
@@ -501,6 +502,22 @@ def engine_lines(data: dict[str, Any], dataset: str) -> list[str]:
     return ["Engines (the same runs through each engine):", "", *lines, ""]
 
 
+def seen_unseen_lines(data: dict[str, Any]) -> list[str]:
+    """Per run whose seen anomalies came from some defect types only, the metrics on the seen and the unseen
+    types (each against all normal test images); empty when no run has them."""
+    rows = [r for r in data["cells"] if r.get("seen_unseen")]
+    if not rows:
+        return []
+    head = ["run", "types", *(METRIC_TITLES[m] for m in METRICS)]
+    lines = ["Seen and unseen defect types:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        for group, m in r["seen_unseen"].items():
+            values = ["-" if m[k] is None else f"{m[k]:.2f}" for k in METRICS]
+            name = f"{group.split('_')[0]}: {', '.join(m['types'])}"
+            lines.append("| " + " | ".join([r["cell"], name, *values]) + " |")
+    return [*lines, ""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = [f"# {data['experiment']}", ""]
     if data["description"]:
@@ -515,6 +532,7 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for dataset in data["tables"]:
         lines += [f"## {dataset}", "", *table_lines(data, dataset), "", *engine_lines(data, dataset)]
+    lines += seen_unseen_lines(data)
     machines = sorted({f"{r['machine']}, {r['device']}" for r in data["cells"]})
     lines += ["Machines: " + "; ".join(machines) + ".", ""]
     return "\n".join(lines)
