@@ -83,12 +83,18 @@ def measure(run: Path, rules: list[str], layout: Path | None) -> dict:
     return out
 
 
+def _by_category(data: dict) -> dict[str, list[dict]]:
+    """The measured runs of ``data`` grouped by category."""
+    groups: dict[str, list[dict]] = {}
+    for r in data["runs"].values():
+        groups.setdefault(r["category"], []).append(r)
+    return groups
+
+
 def choose_on_the_others(data: dict) -> dict[str, dict]:
     """Cross-validation over categories: for each category, the rule with the smallest mean F1 shortfall (best F1
     in hindsight minus F1) on the runs of the other categories, and what it gives on this category's runs."""
-    by_category: dict[str, list[dict]] = {}
-    for r in data["runs"].values():
-        by_category.setdefault(r["category"], []).append(r)
+    by_category = _by_category(data)
     rules = sorted({rule for r in data["runs"].values() for rule in r["rules"]})
 
     def shortfall(runs: list[dict], rule: str) -> float:
@@ -113,9 +119,7 @@ def _mean_lines(data: dict) -> list[str]:
     """Per category and rule, means over its runs (seeds): the metrics, the shares at the threshold, the F1
     shortfall to the best threshold in hindsight, and in how many runs the good parts flagged stayed within
     the run's 90 % bound."""
-    by_category: dict[str, list[dict]] = {}
-    for r in data["runs"].values():
-        by_category.setdefault(r["category"], []).append(r)
+    by_category = _by_category(data)
     lines = ["", "Means over each category's runs (seeds):", ""]
     lines += ["| category | seeds | I / P / PRO / AP | rule | good flagged | bound | within bound | F1 | best F1 |"]
     lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

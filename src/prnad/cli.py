@@ -316,10 +316,6 @@ def _cmd_layout_set(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    argv = ["prnad", "benchmark", args.experiment]
-    for flag in ("out", "report", "executor", "address"):
-        if getattr(args, flag) is not None:
-            argv += [f"--{flag}", str(getattr(args, flag))]
     data = api.benchmark(
         args.experiment,
         args.out,
@@ -327,7 +323,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
         cpus_per_cell=args.cpus_per_cell,
-        command=shlex.join(argv),
+        command=shlex.join(["prnad", *args.argv]),
     )
     where = args.report or args.out or f"runs/{data['experiment']}"
     print(api.format_report(data))
@@ -401,7 +397,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prnad`` script; returns the exit status (2 on a user error, with its message)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # as called, for the records that say how they were made
     try:
         return COMMANDS[args.command](args)
     except PrnadError as exc:

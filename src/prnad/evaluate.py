@@ -152,15 +152,18 @@ def write_maps(out_dir: Path, test: tuple[Sample, ...], root: Path, preds: Predi
         writer.writerows(rows)
 
 
+def _types_metrics(test: tuple[Sample, ...], preds: Predictions, masks: np.ndarray, types: set[str]) -> dict:
+    """The four metrics of the defect images of ``types`` against all normal test images, and their count."""
+    labels = np.array([s.label for s in test])
+    keep = np.array([s.label == 0 or s.defect_type in types for s in test])
+    metrics = compute_metrics(preds.scores[keep], labels[keep], preds.logits[keep], masks[keep])
+    return {"images": int(np.sum(keep & (labels == 1))), **_rounded(metrics)}
+
+
 def per_type_metrics(test: tuple[Sample, ...], preds: Predictions, masks: np.ndarray) -> dict[str, dict]:
     """The four metrics per defect type, each type's images against all normal test images."""
-    labels = np.array([s.label for s in test])
-    out = {}
-    for defect in sorted({s.defect_type for s in test if s.label == 1}):
-        keep = np.array([s.label == 0 or s.defect_type == defect for s in test])
-        metrics = compute_metrics(preds.scores[keep], labels[keep], preds.logits[keep], masks[keep])
-        out[defect] = {"images": int(np.sum(keep & (labels == 1))), **_rounded(metrics)}
-    return out
+    defect_types = sorted({s.defect_type for s in test if s.label == 1})
+    return {defect: _types_metrics(test, preds, masks, {defect}) for defect in defect_types}
 
 
 def seen_unseen_metrics(
@@ -169,16 +172,13 @@ def seen_unseen_metrics(
     """The four metrics on the defect types the run saw anomalies of, and on the others, each against all normal
     test images (DRA's seen / unseen split); None when the run records no seen types or one group is empty."""
     defect_types = {s.defect_type for s in test if s.label == 1}
-    if not seen_types or not defect_types & set(seen_types) or not defect_types - set(seen_types):
+    seen, unseen = defect_types & set(seen_types or ()), defect_types - set(seen_types or ())
+    if not seen or not unseen:
         return None
-    labels = np.array([s.label for s in test])
-    out = {}
-    for group, wanted in (("seen_types", True), ("unseen_types", False)):
-        keep = np.array([s.label == 0 or (s.defect_type in seen_types) == wanted for s in test])
-        metrics = compute_metrics(preds.scores[keep], labels[keep], preds.logits[keep], masks[keep])
-        types = sorted(t for t in defect_types if (t in seen_types) == wanted)
-        out[group] = {"types": types, "images": int(np.sum(keep & (labels == 1))), **_rounded(metrics)}
-    return out
+    return {
+        group: {"types": sorted(types), **_types_metrics(test, preds, masks, types)}
+        for group, types in (("seen_types", seen), ("unseen_types", unseen))
+    }
 
 
 def at_thresholds(

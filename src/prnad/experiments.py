@@ -312,17 +312,27 @@ def _cell_fields(cell: Cell, config_hash: str) -> dict[str, Any]:
     }
 
 
-def _run_local(todo: list[tuple[Cell, dict, str]], out: Path, log, engines: tuple[str, ...]) -> None:
-    for i, (cell, config, config_hash) in enumerate(todo, 1):
-        train = not finished_run(cell.run_dir(out), config)
-        log(f"benchmark: cell {i}/{len(todo)} {cell.id} ({'train and evaluate' if train else 'evaluate its run'}) ...")
-        record = run_cell(config, str(cell.run_dir(out)), engines, train=train)
-        write_record(out, cell, _cell_fields(cell, config_hash) | record)
+@dataclass(frozen=True)
+class Todo:
+    """A cell to run: its config, that config's hash, and whether its run folder must be trained (False: it
+    holds a finished run of that config, which only needs evaluating)."""
+
+    cell: Cell
+    config: dict[str, Any]
+    config_hash: str
+    train: bool
 
 
-def _run_ray(
-    todo: list[tuple[Cell, dict, str]], out: Path, log, engines: tuple[str, ...], address: str | None, cpus: float
-) -> None:
+def _run_local(todo: list[Todo], out: Path, log, engines: tuple[str, ...]) -> None:
+    for i, t in enumerate(todo, 1):
+        log(
+            f"benchmark: cell {i}/{len(todo)} {t.cell.id} ({'train and evaluate' if t.train else 'evaluate its run'}) ..."
+        )
+        record = run_cell(t.config, str(t.cell.run_dir(out)), engines, train=t.train)
+        write_record(out, t.cell, _cell_fields(t.cell, t.config_hash) | record)
+
+
+def _run_ray(todo: list[Todo], out: Path, log, engines: tuple[str, ...], address: str | None, cpus: float) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -332,17 +342,13 @@ def _run_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         task = ray.remote(num_cpus=cpus, max_retries=0)(run_cell)
-        pending = {}
-        for cell, config, config_hash in todo:
-            run_dir = cell.run_dir(out)
-            ref = task.remote(config, str(run_dir), engines, train=not finished_run(run_dir, config))
-            pending[ref] = (cell, config_hash)
+        pending = {task.remote(t.config, str(t.cell.run_dir(out)), engines, train=t.train): t for t in todo}
         log(f"benchmark: {len(pending)} cells submitted to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            cell, config_hash = pending.pop(done)
-            write_record(out, cell, _cell_fields(cell, config_hash) | ray.get(done))
-            log(f"benchmark: {cell.id} done, {len(pending)} to go")
+            t = pending.pop(done)
+            write_record(out, t.cell, _cell_fields(t.cell, t.config_hash) | ray.get(done))
+            log(f"benchmark: {t.cell.id} done, {len(pending)} to go")
     finally:
         if started_here:
             ray.shutdown()
@@ -380,7 +386,7 @@ def run_experiment(
         record = read_record(out, cell, config_hash)
         completed = None if record is None else _with_engines(record, cell.run_dir(out), engines)
         if completed is None:
-            todo.append((cell, config, config_hash))
+            todo.append(Todo(cell, config, config_hash, not finished_run(cell.run_dir(out), config)))
         elif completed is not record:
             write_record(out, cell, completed)
     log(f"benchmark {experiment.name}: {len(planned)} cells, {len(planned) - len(todo)} already done")
@@ -403,24 +409,28 @@ def _spread(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def _spreads(values: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, float | None] | None]:
+    """Per key, the spread of its values over the dicts ``values`` that hold one (None where none does)."""
+    out = {}
+    for key in keys:
+        present = [v[key] for v in values if v.get(key) is not None]
+        out[key] = _spread(present) if present else None
+    return out
+
+
+DECISIONS = ("f1", "f1_best", "good_flagged", "defective_missed", "promised_bound")
+
+
 def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and spread over seeds of the metrics, decisions and times of one variant on one category."""
+    """Mean and spread over seeds of the metrics, decisions and times of one variant on one category, and of
+    each further engine's metrics and times."""
     out: dict[str, Any] = {"seeds": sorted(r["seed"] for r in records)}
-    for key in METRICS:
-        values = [r["metrics"][key] for r in records if r["metrics"].get(key) is not None]
-        out[key] = _spread(values) if values else None
-    for key in ("f1", "f1_best", "good_flagged", "defective_missed", "promised_bound"):
-        values = [r["decisions"][key] for r in records if r["decisions"].get(key) is not None]
-        out[key] = _spread(values) if values else None
-    out["train_minutes"] = _spread([r["train_minutes"] for r in records])
-    out["ms_per_image"] = _spread([r["ms_per_image"] for r in records])
+    out |= _spreads([r["metrics"] for r in records], METRICS) | _spreads([r["decisions"] for r in records], DECISIONS)
+    out |= _spreads(records, ("train_minutes", "ms_per_image"))
     out["engines"] = {}
     for name in sorted({n for r in records for n in r.get("engines", {})}):
         entries = [r["engines"][name] for r in records if name in r.get("engines", {})]
-        out["engines"][name] = {
-            key: _spread([e["metrics"][key] for e in entries]) if entries[0]["metrics"].get(key) is not None else None
-            for key in METRICS
-        } | {"ms_per_image": _spread([e["ms_per_image"] for e in entries])}
+        out["engines"][name] = _spreads([e["metrics"] for e in entries], METRICS) | _spreads(entries, ("ms_per_image",))
     return out
 
 
