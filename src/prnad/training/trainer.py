@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from prnad.checkpoint import load_checkpoint, save_checkpoint
+from prnad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prnad.config import RunConfig, build_config, to_dict, with_absolute_paths
 from prnad.data import Category, Sample, file_sha256, held_out_split, load_samples, relative_paths, scan_data
 from prnad.errors import ConfigError, DataError, TrainingError
@@ -266,16 +266,29 @@ def train(
     return save_checkpoint(paths.model, model=model, config=config, iteration=config.train.iterations, info=info)
 
 
+def _load_finished(run_dir: str | Path, purpose: str, device: str) -> tuple[RunPaths, Checkpoint, torch.device]:
+    """A finished run's paths, checkpoint (on ``device``) and that device; a DataError naming the model file
+    and ``purpose`` when the run has no trained model."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.model.is_file():
+        raise DataError(f"{paths.model}: no trained model to {purpose} in {paths.root}")
+    torch_device = resolve_device(device)
+    return paths, load_checkpoint(paths.model, map_location=torch_device), torch_device
+
+
+def _save_finished(paths: RunPaths, ckpt: Checkpoint, config: RunConfig, info: dict[str, Any]) -> Path:
+    """Write a refitted finished run (its model with ``config`` and ``info``, and config.yaml) into ``paths``."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return save_checkpoint(paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
+
+
 def recalibrate(run_dir: str | Path, threshold: dict[str, Any], *, device: str = "auto") -> Path:
     """Refit a finished run's score standardisation and thresholds with the ``threshold`` settings changed
     (``max_false_alarm_rate``, ``pixel_false_alarm_rate``, ``image_criterion``, ``calibration_anomalies``), on
     the same held-out normals; the network, prototypes and score banks stay. Rewrites the run's model file and
     config.yaml; returns the model file. The held-out share cannot change (other normals would be in-sample)."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.model.is_file():
-        raise DataError(f"{paths.model}: no trained model to calibrate in {paths.root}")
-    torch_device = resolve_device(device)
-    ckpt = load_checkpoint(paths.model, map_location=torch_device)
+    paths, ckpt, torch_device = _load_finished(run_dir, "calibrate", device)
     config = build_config(to_dict(ckpt.config), {"threshold": threshold})
     if config.threshold.holdout_fraction != ckpt.config.threshold.holdout_fraction or not ckpt.info.get("thresholds"):
         raise ConfigError(
@@ -289,8 +302,7 @@ def recalibrate(run_dir: str | Path, threshold: dict[str, Any], *, device: str =
         raise DataError(f"{config.data.root}: the data changed since training (other seen anomalies or normals)")
     info = dict(ckpt.info)
     fit_score_and_thresholds(ckpt.model, None, calibration, config, torch_device, info, banks=False)
-    paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    return save_checkpoint(paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
+    return _save_finished(paths, ckpt, config, info)
 
 
 def with_score_banks(
@@ -308,11 +320,7 @@ def with_score_banks(
     ``query_stride`` pixels (the run's own where None), standardised and thresholded as training would have done
     it: the banks never enter the loss, so this is the model that training with them gives. Returns the copy's
     model file; the run itself is unchanged."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.model.is_file():
-        raise DataError(f"{paths.model}: no trained model to add score banks to in {paths.root}")
-    torch_device = resolve_device(device)
-    ckpt = load_checkpoint(paths.model, map_location=torch_device)
+    paths, ckpt, torch_device = _load_finished(run_dir, "add score banks to", device)
     m = ckpt.config.model
     weights = tuple(map_weights) if map_weights is not None else m.bank_map_weights
     stride = query_stride or m.bank_query_stride
@@ -328,10 +336,7 @@ def with_score_banks(
     ckpt.model.set_bank_query_stride(stride)
     info = {**ckpt.info, "score_bank_added_after_training": True}
     fit_score_and_thresholds(ckpt.model, pool, calibration, config, torch_device, info)
-    out_paths = RunPaths(Path(out))
-    out_paths.root.mkdir(parents=True, exist_ok=True)
-    out_paths.config.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    return save_checkpoint(out_paths.model, model=ckpt.model, config=config, iteration=ckpt.iteration, info=info)
+    return _save_finished(RunPaths(Path(out)), ckpt, config, info)
 
 
 def fit_score_and_thresholds(
